@@ -1,0 +1,12 @@
+//! wgmesh-core: the parts of wgmesh that are pure data and logic.
+//!
+//! It owns WireGuard keys and their text form ([`key`]), the wg-quick file
+//! model with its parser and renderer ([`wgquick`]), and the declarative mesh
+//! planner that turns a mesh file into every node's configuration ([`plan`]).
+//!
+//! It does no IO: no files, sockets, clock or randomness. Callers read and
+//! write files, and hand in random bytes (see [`key::PrivateKey::from_random`]).
+
+pub mod key;
+pub mod plan;
+pub mod wgquick;

@@ -1,0 +1,344 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+use super::*;
+use crate::key::{PresharedKey, PrivateKey, PublicKey};
+
+const K1: &str = "sHp/p7VT4tGYRUb2BjD7RjdXX6zhlV0pbHZKo4RuPFU=";
+/// K1's public key, as `wg pubkey` prints it.
+const P1: &str = "DArYwUz2QsVHmWjxy6ijBcgNu26sOyRACZt1vkYmIAs=";
+const P2: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+const P3: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+fn errors(text: &str) -> Vec<(usize, LineErrorKind)> {
+    parse(text)
+        .expect_err("the text is bad")
+        .errors
+        .into_iter()
+        .map(|e| (e.line, e.kind))
+        .collect()
+}
+
+#[test]
+fn parses_every_key() {
+    let text = format!(
+        "# a comment that is not a peer name\n\
+         [Interface]\n\
+         PrivateKey = {K1}\n\
+         ListenPort = 51820\n\
+         FwMark = 0x10\n\
+         Address = 10.10.0.1/24, fd00::1/64\n\
+         Address = 10.20.0.1\n\
+         DNS = 10.10.0.53, corp.example\n\
+         MTU = 1420\n\
+         Table = off\n\
+         PreUp = echo pre-up\n\
+         PostUp = iptables -A FORWARD -i %i -j ACCEPT\n\
+         PostUp = echo second\n\
+         PreDown = echo pre-down\n\
+         PostDown = echo post-down # trailing comment, cut as wg-quick does\n\
+         SaveConfig = false\n\
+         \n\
+         # lax\n\
+         [Peer]\n\
+         PublicKey = {P2}\n\
+         PresharedKey = {K1}\n\
+         AllowedIPs = 10.10.0.2/32\n\
+         AllowedIPs = fd00::2/128,10.30.0.0/16\n\
+         Endpoint = [2001:db8::1]:51820\n\
+         PersistentKeepalive = 25\n\
+         \n\
+         [peer]\n\
+         publickey={P3}\n\
+         endpoint = nyc.example.net:51820\n\
+         persistentkeepalive = off\n"
+    );
+    let c = parse(&text).expect("valid file");
+    let i = &c.interface;
+    assert_eq!(i.private_key, Some(K1.parse().expect("key")));
+    assert_eq!(i.listen_port, Some(51820));
+    assert_eq!(i.fwmark, Some(16));
+    assert_eq!(
+        i.addresses,
+        vec![
+            "10.10.0.1/24".parse::<IpNet>().expect("net"),
+            "fd00::1/64".parse().expect("net"),
+            "10.20.0.1/32".parse().expect("net"),
+        ]
+    );
+    assert_eq!(
+        i.dns,
+        vec![
+            Dns::Server(IpAddr::V4(Ipv4Addr::new(10, 10, 0, 53))),
+            Dns::Search("corp.example".into())
+        ]
+    );
+    assert_eq!(i.mtu, Some(1420));
+    assert_eq!(i.table, Some(Table::Off));
+    assert_eq!(i.pre_up, ["echo pre-up"]);
+    assert_eq!(
+        i.post_up,
+        ["iptables -A FORWARD -i %i -j ACCEPT", "echo second"]
+    );
+    assert_eq!(i.post_down, ["echo post-down"]);
+    assert_eq!(i.save_config, Some(false));
+
+    assert_eq!(c.peers.len(), 2);
+    let lax = &c.peers[0];
+    assert_eq!(lax.name.as_deref(), Some("lax"));
+    assert_eq!(lax.public_key, P2.parse().expect("key"));
+    assert!(lax.preshared_key.is_some());
+    assert_eq!(lax.allowed_ips.len(), 3);
+    assert_eq!(
+        lax.endpoint,
+        Some(Endpoint::Addr(SocketAddr::new(
+            "2001:db8::1".parse::<Ipv6Addr>().expect("ip").into(),
+            51820
+        )))
+    );
+    assert_eq!(lax.persistent_keepalive, Some(25));
+    let other = &c.peers[1];
+    assert_eq!(other.name, None, "a blank line separates the comment");
+    assert_eq!(
+        other.endpoint,
+        Some(Endpoint::Host {
+            host: "nyc.example.net".into(),
+            port: 51820
+        })
+    );
+    assert_eq!(other.persistent_keepalive, Some(0));
+}
+
+#[test]
+fn scalar_repeats_take_the_last_value() {
+    let c = parse("[Interface]\nListenPort = 1\nListenPort = 2\nMTU = 1400\nMTU = 1280\n")
+        .expect("valid");
+    assert_eq!(c.interface.listen_port, Some(2));
+    assert_eq!(c.interface.mtu, Some(1280));
+}
+
+#[test]
+fn errors_carry_line_and_reason() {
+    let text = format!(
+        "[Interface]\n\
+         PrivateKey = {K1}x\n\
+         Bogus = 1\n\
+         Address = 10.0.0.300/24\n\
+         [Peer]\n\
+         PublicKey = {P2}\n\
+         AllowedIPs = 10.0.0.0/24\n\
+         [Peer]\n\
+         PublicKey = {P2}\n\
+         AllowedIPs = 10.0.0.7/32\n\
+         Endpoint = nohost\n\
+         [Peer]\n\
+         AllowedIPs = 10.9.0.0/16\n\
+         [Wat]\n"
+    );
+    let errs = errors(&text);
+    let lines: Vec<usize> = errs.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, [2, 3, 4, 9, 10, 11, 12, 14], "{errs:#?}");
+    assert!(matches!(
+        errs[0].1,
+        LineErrorKind::BadKey {
+            key: "PrivateKey",
+            reason: crate::key::KeyError::TrailingData
+        }
+    ));
+    assert!(matches!(&errs[1].1, LineErrorKind::UnknownKey { key, .. } if key == "Bogus"));
+    assert!(matches!(&errs[2].1, LineErrorKind::BadCidr { value, .. } if value == "10.0.0.300/24"));
+    assert!(matches!(
+        errs[3].1,
+        LineErrorKind::DuplicatePublicKey { first_line: 6, .. }
+    ));
+    assert!(matches!(
+        errs[4].1,
+        LineErrorKind::OverlappingAllowedIps { other_line: 7, .. }
+    ));
+    assert!(matches!(errs[5].1, LineErrorKind::BadEndpoint { .. }));
+    assert!(matches!(errs[6].1, LineErrorKind::MissingPublicKey));
+    assert!(matches!(errs[7].1, LineErrorKind::UnknownSection(_)));
+    // The message an operator sees names the line.
+    let shown = parse(&text).expect_err("bad").to_string();
+    assert!(shown.contains("line 3: unknown key \"Bogus\" in [Interface]"), "{shown}");
+}
+
+#[test]
+fn placeholder_and_own_key_are_named() {
+    let errs = errors("[Interface]\nPrivateKey = <private key of lab>\n");
+    assert!(matches!(errs[0], (2, LineErrorKind::PlaceholderKey { .. })));
+    let errs = errors(&format!("[Interface]\nPrivateKey = {K1}\n[Peer]\nPublicKey = {P1}\n"));
+    assert!(matches!(errs[0], (4, LineErrorKind::OwnPublicKey(_))));
+}
+
+#[test]
+fn overlap_includes_containment_and_default_routes() {
+    let errs = errors(&format!(
+        "[Peer]\nPublicKey = {P2}\nAllowedIPs = 0.0.0.0/0\n[Peer]\nPublicKey = {P3}\nAllowedIPs = 192.0.2.0/24\n"
+    ));
+    assert!(matches!(errs[0], (6, LineErrorKind::OverlappingAllowedIps { .. })));
+    // Different families never overlap.
+    parse(&format!(
+        "[Peer]\nPublicKey = {P2}\nAllowedIPs = 0.0.0.0/0\n[Peer]\nPublicKey = {P3}\nAllowedIPs = ::/0\n"
+    ))
+    .expect("v4 and v6 default routes are disjoint");
+}
+
+#[test]
+fn endpoints() {
+    for bad in ["1.2.3.4", "[::1]", "host:99999", "bad_host:1", "[zz]:1", ":1"] {
+        assert!(bad.parse::<Endpoint>().is_err(), "{bad} must be refused");
+    }
+    assert_eq!(
+        "203.0.113.10:51820".parse::<Endpoint>(),
+        Ok(Endpoint::Addr("203.0.113.10:51820".parse().expect("addr")))
+    );
+}
+
+#[test]
+fn stripped_has_only_wg_keys() {
+    let text = format!(
+        "[Interface]\nPrivateKey = {K1}\nListenPort = 51820\nAddress = 10.0.0.1/24\nDNS = 1.1.1.1\nMTU = 1420\nTable = off\nPostUp = true\nSaveConfig = true\n\
+         # peer\n[Peer]\nPublicKey = {P2}\nAllowedIPs = 10.0.0.2/32\n"
+    );
+    let stripped = render_stripped(&parse(&text).expect("valid"));
+    for gone in ["Address", "DNS", "MTU", "Table", "PostUp", "SaveConfig"] {
+        assert!(!stripped.contains(gone), "{gone} in:\n{stripped}");
+    }
+    for kept in ["PrivateKey", "ListenPort", "PublicKey", "AllowedIPs"] {
+        assert!(stripped.contains(kept), "{kept} missing:\n{stripped}");
+    }
+}
+
+// ---- parse(render(x)) == x ----
+
+fn key32() -> impl Strategy<Value = [u8; 32]> {
+    any::<[u8; 32]>()
+}
+
+fn ipnet() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        (any::<u32>(), 0u8..=32).prop_map(|(a, p)| IpNet::new(Ipv4Addr::from(a).into(), p)
+            .expect("prefix in range")),
+        (any::<u128>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(Ipv6Addr::from(a).into(), p)
+            .expect("prefix in range")),
+    ]
+}
+
+fn host_name() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9-]{0,10}[a-z0-9](\\.[a-z][a-z0-9]{0,8}){0,3}"
+}
+
+fn endpoint() -> impl Strategy<Value = Endpoint> {
+    prop_oneof![
+        (any::<u32>(), any::<u16>())
+            .prop_map(|(a, p)| Endpoint::Addr(SocketAddr::new(Ipv4Addr::from(a).into(), p))),
+        (any::<u128>(), any::<u16>())
+            .prop_map(|(a, p)| Endpoint::Addr(SocketAddr::new(Ipv6Addr::from(a).into(), p))),
+        // An all-digit host would read back as something else; real names have a letter.
+        (host_name(), any::<u16>()).prop_map(|(host, port)| Endpoint::Host { host, port }),
+    ]
+}
+
+/// Text that survives a line: no '#', no line break, no edge whitespace.
+fn hook_text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9%/_.;'\"]([a-zA-Z0-9%/_.=;:,'\"<> -]{0,40}[a-zA-Z0-9%/_.;'\"])?"
+}
+
+fn dns() -> impl Strategy<Value = Dns> {
+    prop_oneof![
+        any::<u32>().prop_map(|a| Dns::Server(Ipv4Addr::from(a).into())),
+        any::<u128>().prop_map(|a| Dns::Server(Ipv6Addr::from(a).into())),
+        host_name().prop_map(Dns::Search),
+    ]
+}
+
+fn table() -> impl Strategy<Value = Table> {
+    prop_oneof![
+        Just(Table::Off),
+        Just(Table::Auto),
+        any::<u32>().prop_map(Table::Id),
+        "[a-z_][a-z0-9_]{0,10}"
+            .prop_filter("names that are not keywords", |s| s != "off" && s != "auto")
+            .prop_map(Table::Name),
+    ]
+}
+
+prop_compose! {
+    fn interface()(
+        private_key in proptest::option::of(key32()),
+        listen_port in proptest::option::of(any::<u16>()),
+        fwmark in proptest::option::of(any::<u32>()),
+        addresses in proptest::collection::vec(ipnet(), 0..3),
+        dns in proptest::collection::vec(dns(), 0..3),
+        mtu in proptest::option::of(any::<u16>()),
+        table in proptest::option::of(table()),
+        pre_up in proptest::collection::vec(hook_text(), 0..2),
+        post_up in proptest::collection::vec(hook_text(), 0..3),
+        pre_down in proptest::collection::vec(hook_text(), 0..2),
+        post_down in proptest::collection::vec(hook_text(), 0..3),
+        save_config in proptest::option::of(any::<bool>()),
+    ) -> Interface {
+        Interface {
+            private_key: private_key.map(PrivateKey::from_bytes),
+            listen_port, fwmark, addresses, dns, mtu, table,
+            pre_up, post_up, pre_down, post_down, save_config,
+        }
+    }
+}
+
+prop_compose! {
+    fn peer(index: u8)(
+        name in proptest::option::of("[a-zA-Z0-9][a-zA-Z0-9 _.-]{0,20}[a-zA-Z0-9]"),
+        key in key32(),
+        preshared in proptest::option::of(key32()),
+        hosts in proptest::collection::btree_set(any::<u16>(), 0..4),
+        endpoint in proptest::option::of(endpoint()),
+        keepalive in proptest::option::of(any::<u16>()),
+    ) -> Peer {
+        // Disjoint AllowedIPs per peer: each peer owns 10.<index>.0.0/16.
+        let allowed_ips = hosts.into_iter().map(|h| {
+            IpNet::new(Ipv4Addr::new(10, index, (h >> 8) as u8, h as u8).into(), 32)
+                .expect("/32 is a valid prefix")
+        }).collect();
+        let mut key = key;
+        key[0] = index; // distinct public keys
+        Peer {
+            name,
+            public_key: PublicKey::from_bytes(key),
+            preshared_key: preshared.map(PresharedKey::from_random),
+            allowed_ips,
+            endpoint,
+            persistent_keepalive: keepalive,
+        }
+    }
+}
+
+fn config() -> impl Strategy<Value = Config> {
+    (interface(), 0u8..5)
+        .prop_flat_map(|(interface, n)| {
+            let peers: Vec<_> = (0..n).map(peer).collect();
+            (Just(interface), peers)
+        })
+        .prop_filter("no peer carries the interface's own key", |(i, peers)| {
+            let own = i.private_key.as_ref().map(PrivateKey::public_key);
+            peers.iter().all(|p| Some(p.public_key) != own)
+        })
+        .prop_map(|(interface, peers)| Config { interface, peers })
+}
+
+proptest! {
+    #[test]
+    fn parse_render_round_trip(c in config()) {
+        let text = render(&c);
+        let back = parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n---\n{text}")))?;
+        prop_assert_eq!(back, c);
+    }
+
+    #[test]
+    fn parser_never_panics(text in "(\\[(Interface|Peer)\\]\n|[A-Za-z]{1,12} ?= ?[ -~]{0,50}\n|#[ -~]{0,10}\n){0,12}") {
+        let _ = parse(&text);
+    }
+}

@@ -1,0 +1,282 @@
+//! Helpers shared by wgmesh's integration tests: lab preconditions, and RAII
+//! guards for a network namespace and a foreground wireguard-go in it.
+
+// Each test crate that includes this module uses only some of it.
+#![allow(dead_code)]
+
+use std::env;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Setting this to `1` turns a missing lab precondition into a skip.
+pub const SKIP_ENV: &str = "WGMESH_SKIP_LAB";
+
+/// Where wireguard-go puts its UAPI sockets; shared by all namespaces.
+const WG_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// Longest Linux interface name (IFNAMSIZ - 1).
+const MAX_IFACE_LEN: usize = 15;
+
+/// How long wireguard-go may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Checks what a test needs: root and a working `ip netns` (if `needs_netns`),
+/// and each of `tools` on PATH. Returns true if the test can run. If something
+/// is missing it panics, or, with `WGMESH_SKIP_LAB=1`, prints a skip line and
+/// returns false.
+pub fn lab_ready(test: &str, needs_netns: bool, tools: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if needs_netns {
+        if !is_root() {
+            missing.push("root (effective uid 0)".to_owned());
+        } else if !netns_works() {
+            missing.push("a working `ip netns`".to_owned());
+        }
+    }
+    for tool in tools {
+        if !on_path(tool) {
+            missing.push(format!("`{tool}` on PATH"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let missing = missing.join(", ");
+    if skip_allowed() {
+        println!("SKIP {test}: needs {missing} ({SKIP_ENV}=1)");
+        return false;
+    }
+    panic!(
+        "{test} needs {missing}. Run the tests as root on Linux with wireguard-go, \
+         wireguard-tools and iproute2 installed (scripts/test.sh installs them), \
+         or set {SKIP_ENV}=1 to skip this test."
+    );
+}
+
+fn skip_allowed() -> bool {
+    env::var_os(SKIP_ENV).is_some_and(|v| v == "1")
+}
+
+/// Whether the effective uid is 0, from /proc/self/status.
+pub fn is_root() -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().nth(1))
+        .is_some_and(|euid| euid == "0")
+}
+
+fn netns_works() -> bool {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether an executable file named `tool` is in a PATH directory.
+pub fn on_path(tool: &str) -> bool {
+    let Some(path) = env::var_os("PATH") else {
+        return false;
+    };
+    env::split_paths(&path).any(|dir| {
+        fs::metadata(dir.join(tool))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// A fresh (network namespace, interface) name pair, unique across this
+/// process's threads (a counter) and across processes (the pid). Interface
+/// names are machine-wide here because wireguard-go's socket directory is
+/// shared by all namespaces.
+pub fn unique_names() -> (String, String) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let netns = format!("wgm-{pid}-{n}");
+    let iface = format!("wgm{pid:x}n{n}");
+    assert!(
+        iface.len() <= MAX_IFACE_LEN,
+        "interface name {iface:?} is longer than {MAX_IFACE_LEN} bytes"
+    );
+    (netns, iface)
+}
+
+/// Panics, showing the command's stderr and stdout, unless it succeeded.
+pub fn assert_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({})\n--- stderr ---\n{}\n--- stdout ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+    );
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// `ip netns add NAME`; panics if that fails.
+    pub fn add(name: &str) -> Netns {
+        let out = Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .expect("run `ip netns add`");
+        assert_success(&format!("ip netns add {name}"), &out);
+        Netns {
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec NAME PROGRAM`, to which the caller adds arguments.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `wg ARGS` in the namespace and returns its output.
+    pub fn wg(&self, args: &[&str]) -> Output {
+        self.command("wg")
+            .args(args)
+            .output()
+            .expect("run `ip netns exec ... wg`")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "cleanup: ip netns del {} failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("cleanup: ip netns del {}: {e}", self.name),
+        }
+    }
+}
+
+/// `wireguard-go -f IFACE` running in a namespace, as our child. On drop it
+/// is killed by PID and reaped, and its UAPI socket is removed. It borrows
+/// the namespace, so it is always dropped before the namespace is deleted.
+#[derive(Debug)]
+pub struct WireguardGo<'ns> {
+    netns: &'ns Netns,
+    iface: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl<'ns> WireguardGo<'ns> {
+    /// Starts wireguard-go for `iface` in `netns`, logging to `log`, and
+    /// waits until `wg show IFACE` works. Panics (after cleaning up) if it
+    /// exits or is not up within the start timeout.
+    pub fn start(netns: &'ns Netns, iface: &str, log: &Path) -> Self {
+        assert!(
+            iface.len() <= MAX_IFACE_LEN,
+            "interface name {iface:?} is longer than {MAX_IFACE_LEN} bytes"
+        );
+        let log_file = File::create(log).expect("create the wireguard-go log file");
+        let child = netns
+            .command("wireguard-go")
+            .args(["-f", iface])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone the log file handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn `ip netns exec ... wireguard-go -f`");
+        // The guard exists from here on, so a panic below still cleans up.
+        let mut dev = WireguardGo {
+            netns,
+            iface: iface.to_owned(),
+            child,
+            log: log.to_owned(),
+        };
+        dev.wait_until_up();
+        dev
+    }
+
+    fn wait_until_up(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll wireguard-go") {
+                panic!(
+                    "wireguard-go -f {} exited early ({status}); its output:\n{}",
+                    self.iface,
+                    self.log_text()
+                );
+            }
+            let out = self.netns.wg(&["show", &self.iface]);
+            if out.status.success() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "`wg show {}` still failing {START_TIMEOUT:?} after starting wireguard-go: \
+                     {}\nwireguard-go output:\n{}",
+                    self.iface,
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    self.log_text()
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// What wireguard-go has printed so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(cannot read log: {e})"))
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        Path::new(WG_SOCKET_DIR).join(format!("{}.sock", self.iface))
+    }
+}
+
+impl Drop for WireguardGo<'_> {
+    fn drop(&mut self) {
+        // `ip netns exec` execs wireguard-go, so the child's PID is its PID.
+        if let Err(e) = self.child.kill() {
+            eprintln!("cleanup: kill wireguard-go ({}): {e}", self.child.id());
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("cleanup: wait for wireguard-go ({}): {e}", self.child.id());
+        }
+        // SIGKILL gives wireguard-go no chance to remove its socket.
+        let sock = self.socket_path();
+        if let Err(e) = fs::remove_file(&sock)
+            && e.kind() != ErrorKind::NotFound
+        {
+            eprintln!("cleanup: remove {}: {e}", sock.display());
+        }
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need (Debian, as root),
+# then runs rustfmt, clippy and the whole test suite, and checks that no
+# wgm-* network namespace is left behind by the lab tests.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+section() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+# Debian packages the tests need (the lab tests drive wireguard-go and wg in
+# network namespaces).
+PACKAGES=(wireguard-go wireguard-tools nftables iproute2 iperf3)
+
+section "Dependencies"
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        echo "ok: $pkg"
+    else
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]} > 0)); then
+    echo "installing: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "error: need root to install ${missing[*]} (run as root, or install them first)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo is not on PATH (install Rust, e.g. with rustup)" >&2
+    exit 1
+fi
+cargo --version
+cargo fmt --version
+cargo clippy --version
+
+section "Existing wgm-* network namespaces"
+stale=$(ip netns list | awk '{print $1}' | grep '^wgm-' || true)
+if [[ -n $stale ]]; then
+    echo "warning: already present before the tests (left by an earlier run?):"
+    echo "$stale"
+else
+    echo "none"
+fi
+
+section "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+section "cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+section "cargo test --workspace --locked"
+status=0
+cargo test --workspace --locked || status=$?
+
+section "Leftover wgm-* network namespaces"
+leaked=$(ip netns list | awk '{print $1}' | grep '^wgm-' || true)
+if [[ -n $leaked ]]; then
+    echo "error: network namespaces left behind:" >&2
+    echo "$leaked" >&2
+    echo "(remove with: ip netns del NAME)" >&2
+    if ((status == 0)); then
+        status=1
+    fi
+else
+    echo "none"
+fi
+
+section "Result"
+if ((status == 0)); then
+    echo "all checks passed"
+else
+    echo "FAILED (exit status $status)" >&2
+fi
+exit "$status"
