@@ -246,7 +246,10 @@ mod tests {
             k.public_key().to_string(),
             "DArYwUz2QsVHmWjxy6ijBcgNu26sOyRACZt1vkYmIAs="
         );
-        assert_eq!(k.to_base64(), "sHp/p7VT4tGYRUb2BjD7RjdXX6zhlV0pbHZKo4RuPFU=");
+        assert_eq!(
+            k.to_base64(),
+            "sHp/p7VT4tGYRUb2BjD7RjdXX6zhlV0pbHZKo4RuPFU="
+        );
     }
 
     #[test]
@@ -264,7 +267,11 @@ mod tests {
         let bad = good.replace('Y', "!");
         assert_eq!(bad.parse::<PublicKey>(), Err(KeyError::Base64));
         // 44 characters but encodes 33 bytes (no padding): wrong length.
-        assert!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".parse::<PublicKey>().is_err());
+        assert!(
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                .parse::<PublicKey>()
+                .is_err()
+        );
     }
 
     #[test]

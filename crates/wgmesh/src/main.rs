@@ -1,1 +1,111 @@
-fn main(){}
+//! `wgmesh`: the command line. It parses arguments, does the file IO and
+//! randomness that wgmesh-core leaves to its caller, and prints results.
+//! Everything with logic in it lives in the library crates.
+
+mod conf_cmd;
+mod key_cmd;
+mod plan_cmd;
+mod secret_file;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wgmesh",
+    version,
+    about = "Self-hosted WireGuard mesh networking"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a new private key (like `wg genkey`).
+    Genkey {
+        /// Write the key to FILE (mode 0600) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long, requires = "out")]
+        force: bool,
+    },
+    /// Read a private key on stdin, print its public key (like `wg pubkey`).
+    Pubkey,
+    /// Print a new preshared key (like `wg genpsk`).
+    Genpsk,
+    /// Check and convert wg-quick files.
+    #[command(subcommand)]
+    Conf(ConfCommand),
+    /// Plan a mesh from a mesh file and render every node's configuration.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfCommand {
+    /// Check a wg-quick file; every problem is reported with its line.
+    Check { file: PathBuf },
+    /// Print the part of a wg-quick file that `wg setconf` reads (like `wg-quick strip`).
+    Strip { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum PlanCommand {
+    /// Write DIR/<node>.conf and DIR/<node>.setup.sh for every node, and
+    /// keys for the nodes that have none yet in DIR/keys/.
+    Render {
+        mesh: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Load each private key from /etc/wireguard/<node>.key in PostUp
+        /// instead of writing it into the .conf file.
+        #[arg(long)]
+        key_files: bool,
+    },
+    /// Check that the mesh file is valid and routes, without writing anything.
+    Check { mesh: PathBuf },
+    /// Print the plan: every node, its peers and its routes.
+    Show {
+        mesh: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Genkey { out, force } => key_cmd::genkey(out.as_deref(), force),
+        Command::Pubkey => key_cmd::pubkey(),
+        Command::Genpsk => key_cmd::genpsk(),
+        Command::Conf(ConfCommand::Check { file }) => conf_cmd::check(&file),
+        Command::Conf(ConfCommand::Strip { file }) => conf_cmd::strip(&file),
+        Command::Plan(PlanCommand::Render {
+            mesh,
+            out,
+            key_files,
+        }) => plan_cmd::render(&mesh, &out, key_files),
+        Command::Plan(PlanCommand::Check { mesh }) => plan_cmd::check(&mesh),
+        Command::Plan(PlanCommand::Show { mesh, format }) => {
+            plan_cmd::show(&mesh, matches!(format, Format::Json))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wgmesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -78,7 +78,11 @@ fn host_candidates(cidr: IpNet) -> impl Iterator<Item = IpAddr> {
         .map(move |offset| {
             let raw = base + offset;
             if bits == 32 {
-                IpAddr::V4(u32::try_from(raw).expect("offset stays inside an IPv4 prefix").into())
+                IpAddr::V4(
+                    u32::try_from(raw)
+                        .expect("offset stays inside an IPv4 prefix")
+                        .into(),
+                )
             } else {
                 IpAddr::V6(raw.into())
             }

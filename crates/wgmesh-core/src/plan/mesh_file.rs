@@ -125,8 +125,7 @@ pub struct NodeSpec {
 impl MeshSpec {
     /// Reads and checks a mesh file.
     pub fn parse(text: &str) -> Result<Self, PlanError> {
-        let file: MeshFile =
-            toml::from_str(text).map_err(|e| PlanError::Syntax(e.to_string()))?;
+        let file: MeshFile = toml::from_str(text).map_err(|e| PlanError::Syntax(e.to_string()))?;
         let net = file.network;
         if net.name.is_empty() {
             return Err(PlanError::Invalid("network.name is empty".into()));
@@ -316,8 +315,8 @@ fn parse_endpoint(node: &str, text: &str, listen_port: u16) -> Result<Endpoint, 
     }
     match text.parse::<Endpoint>() {
         Ok(e) => Ok(e),
-        Err(first) => format!("{text}:{listen_port}").parse().map_err(|_| {
-            PlanError::Invalid(format!("node {node:?}: endpoint {text:?}: {first}"))
-        }),
+        Err(first) => format!("{text}:{listen_port}")
+            .parse()
+            .map_err(|_| PlanError::Invalid(format!("node {node:?}: endpoint {text:?}: {first}"))),
     }
 }

@@ -52,7 +52,10 @@ impl Plan {
         let me = self
             .node(node)
             .ok_or_else(|| PlanError::Invalid(format!("no node {node:?}")))?;
-        let key_of = |name: &str| keys.get(name).ok_or_else(|| PlanError::MissingKey(name.into()));
+        let key_of = |name: &str| {
+            keys.get(name)
+                .ok_or_else(|| PlanError::MissingKey(name.into()))
+        };
         let my_key = key_of(node)?;
 
         let mut interface = Interface {
@@ -135,7 +138,11 @@ impl Plan {
 
     /// `<node>.setup.sh`: the host baseline for one node. Run as root on the
     /// node, from the rendered directory.
-    pub fn render_setup_script(&self, node: &str, options: RenderOptions) -> Result<String, PlanError> {
+    pub fn render_setup_script(
+        &self,
+        node: &str,
+        options: RenderOptions,
+    ) -> Result<String, PlanError> {
         let me = self
             .node(node)
             .ok_or_else(|| PlanError::Invalid(format!("no node {node:?}")))?;
@@ -208,8 +215,7 @@ impl Plan {
         if me.is_hub {
             w("  ufw route allow in on \"$IFACE\" out on \"$IFACE\"\n");
         }
-        w(
-            "elif command -v nft >/dev/null 2>&1; then\n\
+        w("elif command -v nft >/dev/null 2>&1; then\n\
              \x20 # Debian's /etc/nftables.conf has an `inet filter` table; accept rules go\n\
              \x20 # first in its input chain, and into the file so they survive a reboot.\n\
              \x20 if nft list chain inet filter input >/dev/null 2>&1; then\n\
@@ -232,8 +238,7 @@ impl Plan {
              \x20 systemctl enable --now \"wg-quick@$IFACE\"\n\
              else\n\
              \x20 echo \"no systemd: start it with: wg-quick up $IFACE\"\n\
-             fi\n",
-        );
+             fi\n");
         Ok(s)
     }
 }

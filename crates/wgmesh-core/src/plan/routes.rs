@@ -21,7 +21,10 @@ pub fn path(plan: &Plan, from: &str, to: &str) -> Result<Vec<String>, PlanError>
     let mut cur = src;
     while cur.name != dst.name {
         let fail = |why: String| {
-            PlanError::Unroutable(format!("{} → {}: at {}, {why}", src.name, dst.name, cur.name))
+            PlanError::Unroutable(format!(
+                "{} → {}: at {}, {why}",
+                src.name, dst.name, cur.name
+            ))
         };
         let out = lookup(cur, dst.address)
             .ok_or_else(|| fail(format!("no peer's AllowedIPs holds {}", dst.address)))?;
@@ -60,7 +63,10 @@ pub fn path(plan: &Plan, from: &str, to: &str) -> Result<Vec<String>, PlanError>
             }
         }
         if next.name != dst.name && !next.is_hub {
-            return Err(fail(format!("{} would have to forward but is no hub", next.name)));
+            return Err(fail(format!(
+                "{} would have to forward but is no hub",
+                next.name
+            )));
         }
         hops.push(next.name.clone());
         if hops.len() > plan.nodes.len() {

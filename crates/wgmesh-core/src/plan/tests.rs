@@ -39,10 +39,7 @@ fn keys(plan: &Plan) -> BTreeMap<String, NodeKey> {
             let mut b = [0u8; 32];
             b[1] = i as u8 + 1;
             b[2] = (i >> 8) as u8;
-            (
-                n.name.clone(),
-                NodeKey::Private(PrivateKey::from_random(b)),
-            )
+            (n.name.clone(), NodeKey::Private(PrivateKey::from_random(b)))
         })
         .collect()
 }
@@ -67,18 +64,33 @@ fn seed_lax_reaches_lab_through_nyc() {
     assert!(peer(&p, "lax", "lab").is_none());
     assert!(peer(&p, "lab", "lax").is_none());
     let via_nyc = peer(&p, "lax", "nyc").expect("lax peers with nyc");
-    assert_eq!(via_nyc.allowed_ips, [net("10.10.0.1/32"), net("10.10.0.3/32")]);
+    assert_eq!(
+        via_nyc.allowed_ips,
+        [net("10.10.0.1/32"), net("10.10.0.3/32")]
+    );
     assert_eq!(via_nyc.keepalive, None, "both public: no keepalive");
     let lab_nyc = peer(&p, "lab", "nyc").expect("lab peers with nyc");
-    assert_eq!(lab_nyc.allowed_ips, [net("10.10.0.1/32"), net("10.10.0.2/32")]);
+    assert_eq!(
+        lab_nyc.allowed_ips,
+        [net("10.10.0.1/32"), net("10.10.0.2/32")]
+    );
     assert_eq!(lab_nyc.keepalive, Some(25));
     assert_eq!(
         peer(&p, "nyc", "lab").expect("nyc peers with lab").endpoint,
         None
     );
-    assert_eq!(routes::path(&p, "lax", "lab").expect("routes"), ["lax", "nyc", "lab"]);
-    assert_eq!(routes::path(&p, "lab", "lax").expect("routes"), ["lab", "nyc", "lax"]);
-    assert_eq!(routes::path(&p, "nyc", "lab").expect("routes"), ["nyc", "lab"]);
+    assert_eq!(
+        routes::path(&p, "lax", "lab").expect("routes"),
+        ["lax", "nyc", "lab"]
+    );
+    assert_eq!(
+        routes::path(&p, "lab", "lax").expect("routes"),
+        ["lab", "nyc", "lax"]
+    );
+    assert_eq!(
+        routes::path(&p, "nyc", "lab").expect("routes"),
+        ["nyc", "lab"]
+    );
     assert_eq!(p.tunnels(), 2);
     assert_eq!(p.full_mesh_tunnels(), 3);
 }
@@ -88,7 +100,14 @@ fn full_mesh_direct_wherever_one_side_is_public() {
     let p = plan(&mesh(
         "full-mesh",
         &["a"],
-        &[("a", true), ("b", true), ("c", true), ("d", true), ("e", false), ("f", false)],
+        &[
+            ("a", true),
+            ("b", true),
+            ("c", true),
+            ("d", true),
+            ("e", false),
+            ("f", false),
+        ],
     ))
     .expect("plans");
     for a in &p.nodes {
@@ -103,13 +122,28 @@ fn full_mesh_direct_wherever_one_side_is_public() {
                 let expect_keepalive = (a.endpoint.is_none() && b.endpoint.is_some()).then_some(25);
                 assert_eq!(d.keepalive, expect_keepalive, "{} → {}", a.name, b.name);
             } else {
-                assert!(direct.is_none(), "{} and {} are both behind NAT", a.name, b.name);
+                assert!(
+                    direct.is_none(),
+                    "{} and {} are both behind NAT",
+                    a.name,
+                    b.name
+                );
             }
         }
     }
     // The NATed pair meets at the hub, in both directions.
-    assert!(peer(&p, "e", "a").expect("e–a").allowed_ips.contains(&net("10.20.0.6/32")));
-    assert!(peer(&p, "f", "a").expect("f–a").allowed_ips.contains(&net("10.20.0.5/32")));
+    assert!(
+        peer(&p, "e", "a")
+            .expect("e–a")
+            .allowed_ips
+            .contains(&net("10.20.0.6/32"))
+    );
+    assert!(
+        peer(&p, "f", "a")
+            .expect("f–a")
+            .allowed_ips
+            .contains(&net("10.20.0.5/32"))
+    );
     assert_eq!(routes::path(&p, "e", "f").expect("routes"), ["e", "a", "f"]);
     assert_eq!(p.tunnels(), 15 - 1);
 }
@@ -132,7 +166,13 @@ fn hub_and_spoke_spokes_peer_only_with_their_hub() {
     let p = plan(&mesh(
         "hub-and-spoke",
         &["h1", "h2"],
-        &[("h1", true), ("h2", true), ("s1", true), ("s2", false), ("s3", false)],
+        &[
+            ("h1", true),
+            ("h2", true),
+            ("s1", true),
+            ("s2", false),
+            ("s3", false),
+        ],
     ))
     .expect("plans");
     for s in ["s1", "s2", "s3"] {
@@ -144,8 +184,14 @@ fn hub_and_spoke_spokes_peer_only_with_their_hub() {
     // The second hub reaches the spokes through the first.
     let h2_h1 = peer(&p, "h2", "h1").expect("hubs are meshed");
     assert_eq!(h2_h1.via, ["s1", "s2", "s3"]);
-    assert_eq!(routes::path(&p, "s2", "s3").expect("routes"), ["s2", "h1", "s3"]);
-    assert_eq!(routes::path(&p, "h2", "s3").expect("routes"), ["h2", "h1", "s3"]);
+    assert_eq!(
+        routes::path(&p, "s2", "s3").expect("routes"),
+        ["s2", "h1", "s3"]
+    );
+    assert_eq!(
+        routes::path(&p, "h2", "s3").expect("routes"),
+        ["h2", "h1", "s3"]
+    );
     assert_eq!(p.tunnels(), 4);
 }
 
@@ -157,15 +203,21 @@ fn unroutable_meshes_are_refused_with_the_reason() {
         matches!(&err, PlanError::Unroutable(why) if why.contains("\"a\" and \"b\" are both behind NAT")),
         "{err}"
     );
-    let err = plan(&mesh("full-mesh", &[], &[("a", true), ("b", false), ("c", false)]))
-        .expect_err("no hub for b–c");
+    let err = plan(&mesh(
+        "full-mesh",
+        &[],
+        &[("a", true), ("b", false), ("c", false)],
+    ))
+    .expect_err("no hub for b–c");
     assert!(err.to_string().contains("hubs = [\"a\"]"), "{err}");
-    let err = plan(&mesh("hub-and-spoke", &[], &[("a", true), ("b", false)]))
-        .expect_err("no hub");
+    let err = plan(&mesh("hub-and-spoke", &[], &[("a", true), ("b", false)])).expect_err("no hub");
     assert!(matches!(err, PlanError::Unroutable(_)), "{err}");
     let err = plan(&mesh("full-mesh", &["b"], &[("a", true), ("b", false)]))
         .expect_err("a hub behind NAT");
-    assert!(err.to_string().contains("hub \"b\" has no endpoint"), "{err}");
+    assert!(
+        err.to_string().contains("hub \"b\" has no endpoint"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,7 +233,11 @@ fn the_route_check_catches_a_broken_plan() {
         .allowed_ips
         .retain(|n| *n != net("10.10.0.3/32"));
     let err = routes::path(&p, "lax", "lab").expect_err("no route");
-    assert!(err.to_string().contains("no peer's AllowedIPs holds 10.10.0.3"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no peer's AllowedIPs holds 10.10.0.3"),
+        "{err}"
+    );
     // A hub that does not forward breaks the relayed pairs.
     let mut p = plan(SEED).expect("plans");
     p.nodes[0].is_hub = false;
@@ -189,7 +245,9 @@ fn the_route_check_catches_a_broken_plan() {
     // lab accepting nothing from nyc for lax's address: the source check drops it.
     let mut p = plan(SEED).expect("plans");
     let lab = p.nodes.iter_mut().find(|n| n.name == "lab").expect("lab");
-    lab.peers[0].allowed_ips.retain(|n| *n != net("10.10.0.2/32"));
+    lab.peers[0]
+        .allowed_ips
+        .retain(|n| *n != net("10.10.0.2/32"));
     let err = routes::path(&p, "lax", "lab").expect_err("dropped");
     assert!(err.to_string().contains("would drop"), "{err}");
 }
@@ -204,8 +262,14 @@ fn hub_config_forwards_and_restores_on_down() {
     let up = c.interface.post_up.join("\n");
     let down = c.interface.post_down.join("\n");
     assert!(up.contains("sysctl -q -w net.ipv4.ip_forward=1"), "{up}");
-    assert!(up.contains("iptables -A FORWARD -i %i -o %i -j ACCEPT"), "{up}");
-    assert!(down.contains("iptables -D FORWARD -i %i -o %i -j ACCEPT"), "{down}");
+    assert!(
+        up.contains("iptables -A FORWARD -i %i -o %i -j ACCEPT"),
+        "{up}"
+    );
+    assert!(
+        down.contains("iptables -D FORWARD -i %i -o %i -j ACCEPT"),
+        "{down}"
+    );
     assert!(down.contains("net.ipv4.ip_forward=$(cat"), "{down}");
     let lax = p
         .render_config("lax", &keys(&p), RenderOptions::default())
@@ -215,7 +279,11 @@ fn hub_config_forwards_and_restores_on_down() {
     assert_eq!(c.interface.addresses, [net("10.10.0.2/24")]);
     assert_eq!(c.interface.mtu, Some(1420));
     assert_eq!(c.interface.listen_port, Some(51820));
-    let names: Vec<_> = c.peers.iter().map(|p| p.name.clone().unwrap_or_default()).collect();
+    let names: Vec<_> = c
+        .peers
+        .iter()
+        .map(|p| p.name.clone().unwrap_or_default())
+        .collect();
     assert_eq!(names, ["nyc (hub for lab)"]);
 }
 
@@ -225,11 +293,16 @@ fn public_only_node_gets_a_placeholder_and_instructions() {
     let mut k = keys(&p);
     let lab_pub = k["lab"].public_key();
     k.insert("lab".into(), NodeKey::PublicOnly(lab_pub));
-    let lab = p.render_config("lab", &k, RenderOptions::default()).expect("renders");
+    let lab = p
+        .render_config("lab", &k, RenderOptions::default())
+        .expect("renders");
     assert!(lab.contains("PrivateKey = <private key of lab>\n"), "{lab}");
     assert!(lab.contains("# The private key of lab was made on lab and never left it"));
     let err = wgquick::parse(&lab).expect_err("a placeholder is not a key");
-    assert!(matches!(err.errors[0].kind, wgquick::LineErrorKind::PlaceholderKey { .. }));
+    assert!(matches!(
+        err.errors[0].kind,
+        wgquick::LineErrorKind::PlaceholderKey { .. }
+    ));
     // Its peers know it by its public key.
     let nyc = wgquick::parse(
         &p.render_config("nyc", &k, RenderOptions::default())
@@ -260,10 +333,7 @@ fn key_files_keep_secrets_out_of_the_file() {
 
 #[test]
 fn underlay_mtu_lowers_the_tunnel_mtu_by_80() {
-    let text = SEED.replace(
-        "name = \"lab\"",
-        "name = \"lab\"\nunderlay_mtu = 1400",
-    );
+    let text = SEED.replace("name = \"lab\"", "name = \"lab\"\nunderlay_mtu = 1400");
     let p = plan(&text).expect("plans");
     assert_eq!(p.node("lab").expect("lab").mtu, 1320);
     assert_eq!(p.node("nyc").expect("nyc").mtu, 1420);
@@ -274,8 +344,12 @@ fn underlay_mtu_lowers_the_tunnel_mtu_by_80() {
 
 #[test]
 fn addresses_explicit_then_previous_then_lowest_free() {
-    let text = mesh("full-mesh", &["a"], &[("a", true), ("b", true), ("c", true)])
-        .replace("name = \"c\"\n", "name = \"c\"\naddress = \"10.20.0.1\"\n");
+    let text = mesh(
+        "full-mesh",
+        &["a"],
+        &[("a", true), ("b", true), ("c", true)],
+    )
+    .replace("name = \"c\"\n", "name = \"c\"\naddress = \"10.20.0.1\"\n");
     let spec = MeshSpec::parse(&text).expect("valid");
     let previous = BTreeMap::from([("b".to_string(), ip("10.20.0.9"))]);
     let p = compile(&spec, &previous).expect("plans");
@@ -294,9 +368,15 @@ fn bad_mesh_files_say_what_is_wrong() {
         ("name = \"lab\"", "name = \"../lab\""),
         ("name = \"lab\"", "name = \"nyc\""),
         ("hubs = [\"nyc\"]", "hubs = [\"nowhere\"]"),
-        ("endpoint = \"203.0.113.10:51820\"", "endpoint = \"203.0.113.10:99999\""),
+        (
+            "endpoint = \"203.0.113.10:51820\"",
+            "endpoint = \"203.0.113.10:99999\"",
+        ),
         ("topology = \"full-mesh\"", "topology = \"ring\""),
-        ("cidr = \"10.10.0.0/24\"", "cidr = \"10.10.0.0/24\"\ninterface = \"a-very-long-interface\""),
+        (
+            "cidr = \"10.10.0.0/24\"",
+            "cidr = \"10.10.0.0/24\"\ninterface = \"a-very-long-interface\"",
+        ),
     ];
     for (from, to) in cases {
         assert!(SEED.contains(from), "{from}");
@@ -337,8 +417,12 @@ fn ipv6_overlay() {
 #[test]
 fn setup_script_baseline() {
     let p = plan(SEED).expect("plans");
-    let hub = p.render_setup_script("nyc", RenderOptions::default()).expect("renders");
-    let spoke = p.render_setup_script("lab", RenderOptions::default()).expect("renders");
+    let hub = p
+        .render_setup_script("nyc", RenderOptions::default())
+        .expect("renders");
+    let spoke = p
+        .render_setup_script("lab", RenderOptions::default())
+        .expect("renders");
     for s in [&hub, &spoke] {
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains("ufw allow 22/tcp"));
@@ -368,9 +452,16 @@ fn random_mesh() -> impl Strategy<Value = String> {
                 .map(|(n, _)| n.as_str())
                 .take(n_hubs)
                 .collect();
-            let nodes: Vec<(&str, bool)> =
-                names.iter().map(String::as_str).zip(public.iter().copied()).collect();
-            let topology = if hub_and_spoke { "hub-and-spoke" } else { "full-mesh" };
+            let nodes: Vec<(&str, bool)> = names
+                .iter()
+                .map(String::as_str)
+                .zip(public.iter().copied())
+                .collect();
+            let topology = if hub_and_spoke {
+                "hub-and-spoke"
+            } else {
+                "full-mesh"
+            };
             mesh(topology, &hubs, &nodes)
         })
 }

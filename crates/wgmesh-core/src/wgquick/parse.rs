@@ -50,10 +50,7 @@ pub enum LineErrorKind {
     #[error("{key} is empty")]
     EmptyValue { key: &'static str },
     #[error("bad key in {key}: {reason}")]
-    BadKey {
-        key: &'static str,
-        reason: KeyError,
-    },
+    BadKey { key: &'static str, reason: KeyError },
     #[error("{key} is a placeholder ({value}), not a key: put the node's own private key here")]
     PlaceholderKey { key: &'static str, value: String },
     #[error("bad CIDR {value:?} in {key}")]
@@ -65,7 +62,10 @@ pub enum LineErrorKind {
         expected: &'static str,
     },
     #[error("bad Endpoint {value:?}: {reason}")]
-    BadEndpoint { value: String, reason: EndpointError },
+    BadEndpoint {
+        value: String,
+        reason: EndpointError,
+    },
     #[error("[Peer] has no PublicKey")]
     MissingPublicKey,
     #[error("public key {key} is already the key of the peer at line {first_line}")]
@@ -219,7 +219,11 @@ fn interface_line(iface: &mut Interface, key: &str, value: &str) -> Result<(), L
                 "auto" => Table::Auto,
                 _ => match value.parse::<u32>() {
                     Ok(id) => Table::Id(id),
-                    Err(_) if value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                    Err(_)
+                        if value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                    {
                         Table::Name(value.to_owned())
                     }
                     Err(_) => return Err(bad("Table", value, "off, auto, a number or a name")),
@@ -270,12 +274,15 @@ fn peer_line(
             if value.is_empty() {
                 return Err(LineErrorKind::EmptyValue { key: "Endpoint" });
             }
-            peer.endpoint = Some(value.parse::<Endpoint>().map_err(|reason| {
-                LineErrorKind::BadEndpoint {
-                    value: value.to_owned(),
-                    reason,
-                }
-            })?);
+            peer.endpoint =
+                Some(
+                    value
+                        .parse::<Endpoint>()
+                        .map_err(|reason| LineErrorKind::BadEndpoint {
+                            value: value.to_owned(),
+                            reason,
+                        })?,
+                );
         }
         "persistentkeepalive" => {
             peer.persistent_keepalive = Some(if value.eq_ignore_ascii_case("off") {
@@ -357,7 +364,9 @@ fn bad(key: &'static str, value: &str, expected: &'static str) -> LineErrorKind 
 }
 
 fn number<T: FromStr>(key: &'static str, value: &str) -> Result<T, LineErrorKind> {
-    value.parse().map_err(|_| bad(key, value, "a number in range"))
+    value
+        .parse()
+        .map_err(|_| bad(key, value, "a number in range"))
 }
 
 /// C's `strtoul(s, NULL, 0)` as wg(8) reads FwMark: decimal, 0x hex or 0 octal.
@@ -404,7 +413,10 @@ fn cidr(key: &'static str, value: &str) -> Result<IpNet, LineErrorKind> {
         })
 }
 
-fn parse_key<K: FromStr<Err = KeyError>>(key: &'static str, value: &str) -> Result<K, LineErrorKind> {
+fn parse_key<K: FromStr<Err = KeyError>>(
+    key: &'static str,
+    value: &str,
+) -> Result<K, LineErrorKind> {
     if value.is_empty() {
         return Err(LineErrorKind::EmptyValue { key });
     }

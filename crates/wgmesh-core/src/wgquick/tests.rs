@@ -162,14 +162,19 @@ fn errors_carry_line_and_reason() {
     assert!(matches!(errs[7].1, LineErrorKind::UnknownSection(_)));
     // The message an operator sees names the line.
     let shown = parse(&text).expect_err("bad").to_string();
-    assert!(shown.contains("line 3: unknown key \"Bogus\" in [Interface]"), "{shown}");
+    assert!(
+        shown.contains("line 3: unknown key \"Bogus\" in [Interface]"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn placeholder_and_own_key_are_named() {
     let errs = errors("[Interface]\nPrivateKey = <private key of lab>\n");
     assert!(matches!(errs[0], (2, LineErrorKind::PlaceholderKey { .. })));
-    let errs = errors(&format!("[Interface]\nPrivateKey = {K1}\n[Peer]\nPublicKey = {P1}\n"));
+    let errs = errors(&format!(
+        "[Interface]\nPrivateKey = {K1}\n[Peer]\nPublicKey = {P1}\n"
+    ));
     assert!(matches!(errs[0], (4, LineErrorKind::OwnPublicKey(_))));
 }
 
@@ -178,7 +183,10 @@ fn overlap_includes_containment_and_default_routes() {
     let errs = errors(&format!(
         "[Peer]\nPublicKey = {P2}\nAllowedIPs = 0.0.0.0/0\n[Peer]\nPublicKey = {P3}\nAllowedIPs = 192.0.2.0/24\n"
     ));
-    assert!(matches!(errs[0], (6, LineErrorKind::OverlappingAllowedIps { .. })));
+    assert!(matches!(
+        errs[0],
+        (6, LineErrorKind::OverlappingAllowedIps { .. })
+    ));
     // Different families never overlap.
     parse(&format!(
         "[Peer]\nPublicKey = {P2}\nAllowedIPs = 0.0.0.0/0\n[Peer]\nPublicKey = {P3}\nAllowedIPs = ::/0\n"
@@ -188,7 +196,14 @@ fn overlap_includes_containment_and_default_routes() {
 
 #[test]
 fn endpoints() {
-    for bad in ["1.2.3.4", "[::1]", "host:99999", "bad_host:1", "[zz]:1", ":1"] {
+    for bad in [
+        "1.2.3.4",
+        "[::1]",
+        "host:99999",
+        "bad_host:1",
+        "[zz]:1",
+        ":1",
+    ] {
         assert!(bad.parse::<Endpoint>().is_err(), "{bad} must be refused");
     }
     assert_eq!(
@@ -220,10 +235,10 @@ fn key32() -> impl Strategy<Value = [u8; 32]> {
 
 fn ipnet() -> impl Strategy<Value = IpNet> {
     prop_oneof![
-        (any::<u32>(), 0u8..=32).prop_map(|(a, p)| IpNet::new(Ipv4Addr::from(a).into(), p)
-            .expect("prefix in range")),
-        (any::<u128>(), 0u8..=128).prop_map(|(a, p)| IpNet::new(Ipv6Addr::from(a).into(), p)
-            .expect("prefix in range")),
+        (any::<u32>(), 0u8..=32)
+            .prop_map(|(a, p)| IpNet::new(Ipv4Addr::from(a).into(), p).expect("prefix in range")),
+        (any::<u128>(), 0u8..=128)
+            .prop_map(|(a, p)| IpNet::new(Ipv6Addr::from(a).into(), p).expect("prefix in range")),
     ]
 }
 
