@@ -1,0 +1,29 @@
+//! wgmesh-lab: the real network on one machine, for tests and the demo.
+//!
+//! A [`Lab`] owns network namespaces ("hosts"), the veth links and bridges
+//! that join them into an "internet" segment and NATed LANs, the nftables NAT
+//! routers between them, link impairment, and the processes started inside
+//! hosts. Dropping the `Lab` (also while a test panics) removes all of it.
+//!
+//! It does not own what runs over the network: WireGuard configs come from
+//! wgmesh-core's planner, and [`wgnode`] brings one up on wireguard-go.
+//!
+//! Everything here shells out to iproute2, nftables and tc, so it needs root.
+//! Every namespace the lab makes is named `wgl-<lab id>-<host>`; that prefix
+//! is how [`clean`] finds what a crashed run left behind, and nothing else.
+
+mod command;
+mod error;
+pub mod lab;
+pub mod names;
+pub mod nat;
+pub mod netns;
+pub mod process;
+pub mod topology;
+pub mod wgnode;
+
+pub use error::LabError;
+pub use lab::{Host, Lab};
+pub use nat::{Hairpin, NatKind};
+pub use netns::Netns;
+pub use process::LabProcess;

@@ -1,0 +1,1 @@
+//! Lab topologies described in TOML (and built in code through [`Lab`]).
