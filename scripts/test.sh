@@ -12,7 +12,7 @@ section() {
 
 # Debian packages the tests need (the lab tests drive wireguard-go and wg in
 # network namespaces).
-PACKAGES=(wireguard-go wireguard-tools nftables iptables iproute2 iputils-ping iperf3)
+PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iputils-ping iperf3)
 
 section "Dependencies"
 missing=()

@@ -98,6 +98,13 @@ impl Lab {
     /// A new lab with the given id; fails if its namespaces already exist.
     pub fn with_id(id: LabId) -> Result<Self, LabError> {
         check_available()?;
+        let prefix = id.netns("");
+        if crate::netns::list()?.iter().any(|n| n.starts_with(&prefix)) {
+            return Err(LabError::Topology(format!(
+                "a lab named {:?} is up already (namespaces {prefix}*); take it down first",
+                id.as_str()
+            )));
+        }
         let log_dir = std::env::temp_dir().join(format!("wgmesh-lab-{}", id.as_str()));
         std::fs::create_dir_all(&log_dir).map_err(|source| LabError::Io {
             path: log_dir.clone(),
@@ -402,6 +409,15 @@ impl Lab {
         let log = self.log_dir.join(format!("{label}.log"));
         self.processes.push(LabProcess::spawn(label, cmd, &log)?);
         Ok(self.processes.last_mut().expect("pushed just above"))
+    }
+
+    /// Ends the process `label` (SIGTERM by PID, SIGKILL after 5 s) and
+    /// forgets it.
+    pub fn stop(&mut self, label: &str) {
+        if let Some(i) = self.processes.iter().position(|p| p.label() == label) {
+            let mut p = self.processes.remove(i);
+            p.terminate(Duration::from_secs(5));
+        }
     }
 
     /// The processes started with [`Lab::spawn`].

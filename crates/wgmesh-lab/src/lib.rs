@@ -27,3 +27,4 @@ pub use lab::{Host, Lab};
 pub use nat::{Hairpin, NatKind};
 pub use netns::Netns;
 pub use process::LabProcess;
+pub use topology::Topology;

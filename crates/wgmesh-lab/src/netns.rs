@@ -89,6 +89,16 @@ impl Netns {
     }
 }
 
+/// Names of every network namespace on the machine.
+pub fn list() -> Result<Vec<String>, LabError> {
+    let out = run_args("ip", &["netns", "list"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
 /// SIGKILLs every process in namespace `name`, by PID, then deletes it.
 pub(crate) fn remove_by_name(name: &str) -> Result<(), LabError> {
     let ns = Netns {

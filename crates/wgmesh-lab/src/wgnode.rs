@@ -1,1 +1,169 @@
 //! A stock WireGuard node in the lab: a wg-quick-alike on wireguard-go.
+//!
+//! wg-quick(8) needs the kernel module, which this machine lacks, so the lab
+//! does its steps itself, in the same order, with wireguard-go as the data
+//! plane: PreUp, create the interface (`wireguard-go -f`), `wg setconf` with
+//! the stripped file, addresses, MTU, link up, a route for every AllowedIPs
+//! prefix, PostUp (with `%i` replaced by the interface name, run by bash as
+//! wg-quick does). The stripped file holds the private key, so it is written
+//! 0600 into the lab's log directory, which the lab removes.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use wgmesh_core::wgquick::{self, Config, Table};
+
+use crate::{Lab, LabError};
+
+/// How long wireguard-go gets to create its interface and UAPI socket.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A WireGuard interface brought up in a lab host.
+#[derive(Debug, Clone)]
+pub struct WgNode {
+    pub host: String,
+    pub iface: String,
+    /// The label of its wireguard-go process in the lab.
+    pub process: String,
+    pub config: Config,
+}
+
+/// Brings `conf` (a wg-quick file's text) up as `iface` in `host`.
+pub fn up(lab: &mut Lab, host: &str, iface: &str, conf: &str) -> Result<WgNode, LabError> {
+    let config = wgquick::parse(conf)
+        .map_err(|e| LabError::Topology(format!("{host}: the wg-quick file is not valid:\n{e}")))?;
+    if config.interface.private_key.is_none() {
+        return Err(LabError::Topology(format!(
+            "{host}: the wg-quick file has no PrivateKey (the lab does not read key files)"
+        )));
+    }
+    let hooks = |lab: &Lab, list: &[String]| -> Result<(), LabError> {
+        for hook in list {
+            let cmd = hook.replace("%i", iface);
+            lab.exec(host, &["bash", "-c", &cmd])?;
+        }
+        Ok(())
+    };
+    hooks(lab, &config.interface.pre_up)?;
+
+    let label = format!("wireguard-go-{host}-{iface}");
+    lab.spawn(host, &label, &["wireguard-go", "-f", iface])?;
+    wait_for_uapi(lab, host, iface, &label)?;
+
+    let stripped = lab.log_dir().join(format!("{iface}.stripped.conf"));
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&stripped)
+            .map_err(|source| LabError::Io {
+                path: stripped.clone(),
+                source,
+            })?;
+        f.write_all(wgquick::render_stripped(&config).as_bytes())
+            .map_err(|source| LabError::Io {
+                path: stripped.clone(),
+                source,
+            })?;
+    }
+    let path = stripped.to_string_lossy().into_owned();
+    let setconf = lab.exec(host, &["wg", "setconf", iface, &path]);
+    let _ = std::fs::remove_file(&stripped);
+    setconf?;
+
+    let ns = lab.host(host)?;
+    for addr in &config.interface.addresses {
+        ns.netns
+            .ip(&["address", "add", &addr.to_string(), "dev", iface])?;
+    }
+    if let Some(mtu) = config.interface.mtu {
+        ns.netns
+            .ip(&["link", "set", "mtu", &mtu.to_string(), "dev", iface])?;
+    }
+    ns.netns.ip(&["link", "set", iface, "up"])?;
+    if config.interface.table != Some(Table::Off) {
+        let mut routes = BTreeSet::new();
+        for peer in &config.peers {
+            for net in &peer.allowed_ips {
+                if net.prefix_len() == 0 {
+                    return Err(LabError::Topology(format!(
+                        "{host}: a default route in AllowedIPs needs wg-quick's policy \
+                         routing, which the lab does not do"
+                    )));
+                }
+                routes.insert(net.trunc());
+            }
+        }
+        for net in routes {
+            let family = if matches!(net, IpNet::V6(_)) {
+                "-6"
+            } else {
+                "-4"
+            };
+            // `replace`, not `add`: the Address's own prefix route may exist already.
+            ns.netns
+                .ip(&[family, "route", "replace", &net.to_string(), "dev", iface])?;
+        }
+    }
+    hooks(lab, &config.interface.post_up)?;
+    Ok(WgNode {
+        host: host.to_owned(),
+        iface: iface.to_owned(),
+        process: label,
+        config,
+    })
+}
+
+/// Waits until `wg show IFACE` answers, or fails with wireguard-go's output.
+fn wait_for_uapi(lab: &mut Lab, host: &str, iface: &str, label: &str) -> Result<(), LabError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let ready = lab
+            .host(host)?
+            .netns
+            .try_exec(&["wg", "show", iface])
+            .is_ok_and(|o| o.status.success());
+        if ready {
+            return Ok(());
+        }
+        let proc = lab
+            .processes()
+            .iter_mut()
+            .find(|p| p.label() == label)
+            .expect("spawned just before");
+        if let Some(status) = proc.exited() {
+            return Err(LabError::Timeout(format!(
+                "wireguard-go for {iface} in {host} exited ({status}):\n{}",
+                proc.log_text()
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout(format!(
+                "wireguard-go for {iface} in {host} not up after {START_TIMEOUT:?}:\n{}",
+                proc.log_text()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Takes the node down as wg-quick does: PreDown, remove the interface, PostDown.
+pub fn down(lab: &mut Lab, node: &WgNode) -> Result<(), LabError> {
+    let run = |lab: &Lab, list: &[String]| -> Result<(), LabError> {
+        for hook in list {
+            lab.exec(
+                &node.host,
+                &["bash", "-c", &hook.replace("%i", &node.iface)],
+            )?;
+        }
+        Ok(())
+    };
+    run(lab, &node.config.interface.pre_down)?;
+    lab.stop(&node.process);
+    run(lab, &node.config.interface.post_down)
+}
