@@ -23,7 +23,7 @@ pub fn genkey(out: Option<&Path>, force: bool) -> Result<()> {
     let mut line = Zeroizing::new(new_private_key()?.to_base64());
     line.push('\n');
     match out {
-        Some(path) => crate::secret_file::write(path, line.as_bytes(), force),
+        Some(path) => crate::secret_file::write(path, line.as_bytes(), 0o600, force),
         None => print_secret(&line),
     }
 }

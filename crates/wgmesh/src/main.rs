@@ -68,10 +68,18 @@ enum PlanCommand {
         key_files: bool,
     },
     /// Check that the mesh file is valid and routes, without writing anything.
-    Check { mesh: PathBuf },
+    Check {
+        mesh: PathBuf,
+        /// Keep the addresses nodes got in an earlier render into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Print the plan: every node, its peers and its routes.
     Show {
         mesh: PathBuf,
+        /// Keep the addresses nodes got in an earlier render into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -96,9 +104,9 @@ fn main() -> ExitCode {
             out,
             key_files,
         }) => plan_cmd::render(&mesh, &out, key_files),
-        Command::Plan(PlanCommand::Check { mesh }) => plan_cmd::check(&mesh),
-        Command::Plan(PlanCommand::Show { mesh, format }) => {
-            plan_cmd::show(&mesh, matches!(format, Format::Json))
+        Command::Plan(PlanCommand::Check { mesh, out }) => plan_cmd::check(&mesh, out.as_deref()),
+        Command::Plan(PlanCommand::Show { mesh, out, format }) => {
+            plan_cmd::show(&mesh, out.as_deref(), matches!(format, Format::Json))
         }
     };
     match result {

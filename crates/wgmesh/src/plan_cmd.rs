@@ -24,13 +24,28 @@ fn load_spec(mesh: &Path) -> Result<MeshSpec> {
     MeshSpec::parse(&text).with_context(|| format!("{} is not a valid mesh file", mesh.display()))
 }
 
-fn load_plan(mesh: &Path, previous: &BTreeMap<String, IpAddr>) -> Result<Plan> {
+/// Plans the mesh; with `dir`, nodes keep the addresses of the render there.
+fn load_plan(mesh: &Path, dir: Option<&Path>) -> Result<Plan> {
     let spec = load_spec(mesh)?;
-    plan::compile(&spec, previous).with_context(|| format!("cannot plan {}", mesh.display()))
+    let previous = dir
+        .map(|d| previous_addresses(&spec, d))
+        .unwrap_or_default();
+    plan::compile(&spec, &previous).with_context(|| format!("cannot plan {}", mesh.display()))
 }
 
-pub fn check(mesh: &Path) -> Result<()> {
-    let plan = load_plan(mesh, &BTreeMap::new())?;
+/// The addresses nodes got in an earlier render into `dir`.
+fn previous_addresses(spec: &MeshSpec, dir: &Path) -> BTreeMap<String, IpAddr> {
+    spec.nodes
+        .iter()
+        .filter_map(|node| {
+            let text = fs::read_to_string(dir.join(format!("{}.conf", node.name))).ok()?;
+            Some((node.name.clone(), previous_address(&text)?))
+        })
+        .collect()
+}
+
+pub fn check(mesh: &Path, dir: Option<&Path>) -> Result<()> {
+    let plan = load_plan(mesh, dir)?;
     println!(
         "{}: ok: mesh {:?}, {}, {} nodes, {} tunnels; every node reaches every other",
         mesh.display(),
@@ -50,8 +65,8 @@ struct ShowJson<'a> {
     full_mesh_tunnels: usize,
 }
 
-pub fn show(mesh: &Path, json: bool) -> Result<()> {
-    let plan = load_plan(mesh, &BTreeMap::new())?;
+pub fn show(mesh: &Path, dir: Option<&Path>, json: bool) -> Result<()> {
+    let plan = load_plan(mesh, dir)?;
     if json {
         let out = ShowJson {
             plan: &plan,
@@ -163,8 +178,14 @@ impl Outcome {
 /// Writes `contents` only if it differs, so an unchanged node's files keep
 /// their bytes and their mtime. Always leaves the file at `mode`.
 fn write_if_changed(path: &Path, contents: &str, mode: u32) -> Result<Outcome> {
-    let old = match fs::read(path) {
-        Ok(old) => Some(old),
+    let old = match fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => {
+            bail!(
+                "{} is not a regular file (a symlink?); refusing to write it",
+                path.display()
+            )
+        }
+        Ok(_) => Some(fs::read(path).with_context(|| format!("cannot read {}", path.display()))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
@@ -173,9 +194,7 @@ fn write_if_changed(path: &Path, contents: &str, mode: u32) -> Result<Outcome> {
             .with_context(|| format!("cannot chmod {}", path.display()))?;
         return Ok(Outcome::Unchanged);
     }
-    secret_file::write(path, contents.as_bytes(), true)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    secret_file::write(path, contents.as_bytes(), mode, true)?;
     Ok(if old.is_some() {
         Outcome::Updated
     } else {
@@ -190,50 +209,36 @@ fn node_key(
     name: &str,
     given: Option<wgmesh_core::key::PublicKey>,
 ) -> Result<(NodeKey, Option<Outcome>)> {
+    let path = keys_dir.join(format!("{name}.key"));
     if let Some(public) = given {
+        if fs::symlink_metadata(&path).is_ok() {
+            eprintln!(
+                "wgmesh: note: {} is left over from before {name} had a public_key in the \
+                 mesh file; it is no longer used (delete it once {name} runs its own key)",
+                path.display()
+            );
+        }
         return Ok((NodeKey::PublicOnly(public), None));
     }
-    let path = keys_dir.join(format!("{name}.key"));
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let text = Zeroizing::new(text);
-            let key: PrivateKey = text
-                .trim_end()
-                .parse()
-                .with_context(|| format!("{} does not hold a private key", path.display()))?;
-            let mode = fs::metadata(&path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                bail!(
-                    "{} is readable by others (mode {:o}); chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
-            Ok((NodeKey::Private(key), None))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = crate::key_cmd::new_private_key()?;
-            let mut line = Zeroizing::new(key.to_base64());
-            line.push('\n');
-            secret_file::write(&path, line.as_bytes(), false)?;
-            Ok((NodeKey::Private(key), Some(Outcome::Created)))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    if let Some(text) = secret_file::read_private(&path)? {
+        let key: PrivateKey = text
+            .trim_end()
+            .parse()
+            .with_context(|| format!("{} does not hold a private key", path.display()))?;
+        return Ok((NodeKey::Private(key), None));
     }
+    let key = crate::key_cmd::new_private_key()?;
+    let mut line = Zeroizing::new(String::with_capacity(64));
+    line.push_str(&key.to_base64());
+    line.push('\n');
+    secret_file::write(&path, line.as_bytes(), 0o600, false)?;
+    Ok((NodeKey::Private(key), Some(Outcome::Created)))
 }
 
 pub fn render(mesh: &Path, out: &Path, key_files: bool) -> Result<()> {
     let spec = load_spec(mesh)?;
-    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-
-    let mut previous = BTreeMap::new();
-    for node in &spec.nodes {
-        if let Ok(text) = fs::read_to_string(out.join(format!("{}.conf", node.name)))
-            && let Some(addr) = previous_address(&text)
-        {
-            previous.insert(node.name.clone(), addr);
-        }
-    }
+    secret_file::ensure_own_dir(out)?;
+    let previous = previous_addresses(&spec, out);
     let plan = plan::compile(&spec, &previous)
         .with_context(|| format!("cannot plan {}", mesh.display()))?;
 
@@ -263,7 +268,7 @@ pub fn render(mesh: &Path, out: &Path, key_files: bool) -> Result<()> {
             name.clone(),
             write_if_changed(&out.join(&name), &conf, 0o600)?,
         ));
-        let script = plan.render_setup_script(&node.name, options)?;
+        let script = plan.render_setup_script(&node.name, &keys[&node.name], options)?;
         let name = format!("{}.setup.sh", node.name);
         report.push((
             name.clone(),

@@ -235,9 +235,34 @@ fn public_key_nodes_get_a_placeholder_and_key_files_keep_confs_secret_free() {
     let nyc = fs::read_to_string(out.join("nyc.conf")).expect("nyc.conf");
     assert!(nyc.contains(&format!("PublicKey = {}", lab_pub.trim_end())));
 
-    // Filling in the placeholder as the comment says makes a valid file.
-    let filled = lab.replace("<private key of lab>", lab_key.trim_end());
-    fs::write(out.join("lab.conf"), filled).expect("write");
+    // Filling in the placeholder with the command the comment gives (the
+    // key file moved from /etc/wireguard to a scratch path) makes a valid file.
+    let key_file = dir.path().join("lab.key");
+    fs::write(&key_file, &lab_key).expect("write key");
+    let hint: Vec<&str> = lab
+        .lines()
+        .skip_while(|l| !l.contains("(umask 077; awk"))
+        .take(2)
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect();
+    let command = hint
+        .join("\n")
+        .replace("/etc/wireguard/lab.key", s(&key_file));
+    let run = Command::new("sh")
+        .args(["-c", &command])
+        .current_dir(&out)
+        .output()
+        .expect("sh");
+    assert!(
+        run.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        mode(&out.join("lab.conf")),
+        0o600,
+        "the filled file stays private"
+    );
     ok(&["conf", "check", s(&out.join("lab.conf"))]);
 
     let secretless = dir.path().join("secretless");
@@ -297,5 +322,67 @@ fn plan_check_and_show() {
     assert!(
         err.contains("\"lax\" and \"lab\" are both behind NAT"),
         "{err}"
+    );
+}
+
+#[test]
+fn render_never_writes_through_symlinks_or_into_foreign_dirs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = dir.path().join("mesh.toml");
+    fs::write(&mesh, SEED).expect("write");
+    let out = dir.path().join("out");
+    fs::create_dir(&out).expect("mkdir");
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "precious").expect("write");
+    std::os::unix::fs::symlink(&victim, out.join("lax.setup.sh")).expect("symlink");
+    let err = fails(&["plan", "render", s(&mesh), "--out", s(&out)]);
+    assert!(err.contains("refusing"), "{err}");
+    assert_eq!(fs::read_to_string(&victim).expect("victim"), "precious");
+
+    // A directory somebody else made (in /tmp anyone could) is refused.
+    let foreign = dir.path().join("foreign");
+    fs::create_dir(&foreign).expect("mkdir");
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).expect("chown to nobody");
+    let err = fails(&["plan", "render", s(&mesh), "--out", s(&foreign)]);
+    assert!(err.contains("not to us"), "{err}");
+    assert_eq!(fs::read_dir(&foreign).expect("dir").count(), 0);
+}
+
+#[test]
+fn show_keeps_the_addresses_of_an_earlier_render() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = dir.path().join("mesh.toml");
+    let out = dir.path().join("out");
+    let base = "[network]\nname = \"m\"\ncidr = \"10.40.0.0/24\"\n\
+                [[node]]\nname = \"a\"\nendpoint = \"192.0.2.1\"\n\
+                [[node]]\nname = \"c\"\nendpoint = \"192.0.2.3\"\n";
+    fs::write(&mesh, base).expect("write");
+    ok(&["plan", "render", s(&mesh), "--out", s(&out)]);
+    fs::write(
+        &mesh,
+        base.replace(
+            "[[node]]\nname = \"c\"",
+            "[[node]]\nname = \"b\"\n[[node]]\nname = \"c\"",
+        ),
+    )
+    .expect("write");
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "plan",
+        "show",
+        s(&mesh),
+        "--out",
+        s(&out),
+        "--format",
+        "json",
+    ]))
+    .expect("json");
+    assert_eq!(json["nodes"][2]["name"], "c");
+    assert_eq!(
+        json["nodes"][2]["address"], "10.40.0.2",
+        "c keeps its address"
+    );
+    assert_eq!(
+        json["nodes"][1]["address"], "10.40.0.3",
+        "b gets the next free one"
     );
 }

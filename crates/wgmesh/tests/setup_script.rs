@@ -19,6 +19,7 @@ const SEED: &str = include_str!("../../../examples/seed-mesh.toml");
 /// A host whose firewall drops everything not explicitly accepted.
 const DROP_ALL: &str = "table inet filter {\n\
     chain input { type filter hook input priority filter; policy drop; }\n\
+    chain forward { type filter hook forward priority filter; policy drop; }\n\
 }\n";
 
 struct Run {
@@ -26,6 +27,7 @@ struct Run {
     installed_mode: String,
     ip_forward: String,
     input_chain: String,
+    forward_chain: String,
     nftables_conf: String,
     systemctl_calls: String,
 }
@@ -36,8 +38,9 @@ fn run_setup(dir: &Path, node: &str, ns: &Netns, scratch: &Path) -> Run {
     let systemctl = fake_bin.join("systemctl");
     fs::write(
         &systemctl,
+        // Records its calls; the unit is never active yet (`is-active` fails).
         format!(
-            "#!/bin/sh\necho \"$@\" >> {}\n",
+            "#!/bin/sh\necho \"$@\" >> {}\n[ \"$1\" != is-active ]\n",
             scratch.join("systemctl.log").display()
         ),
     )
@@ -58,6 +61,7 @@ fn run_setup(dir: &Path, node: &str, ns: &Netns, scratch: &Path) -> Run {
         "set -e\n\
          mount -t tmpfs none /etc/wireguard\n\
          mount -t tmpfs none /etc/sysctl.d\n\
+         mount -t tmpfs none /run\n\
          mount --bind {nft} /etc/nftables.conf\n\
          PATH={bin}:$PATH sh {dir}/{node}.setup.sh\n\
          cp /etc/wireguard/wg0.conf {out}/installed.conf\n\
@@ -79,6 +83,11 @@ fn run_setup(dir: &Path, node: &str, ns: &Netns, scratch: &Path) -> Run {
         .args(["list", "chain", "inet", "filter", "input"])
         .output()
         .expect("nft list");
+    let forward = ns
+        .command("nft")
+        .args(["list", "chain", "inet", "filter", "forward"])
+        .output()
+        .expect("nft list");
     let fwd = ns
         .command("cat")
         .arg("/proc/sys/net/ipv4/ip_forward")
@@ -89,6 +98,7 @@ fn run_setup(dir: &Path, node: &str, ns: &Netns, scratch: &Path) -> Run {
         installed_mode: read(&out_dir.join("mode")).trim().to_owned(),
         ip_forward: String::from_utf8_lossy(&fwd.stdout).trim().to_owned(),
         input_chain: String::from_utf8_lossy(&chain.stdout).into_owned(),
+        forward_chain: String::from_utf8_lossy(&forward.stdout).into_owned(),
         nftables_conf: read(&nft_conf),
         systemctl_calls: read(&scratch.join("systemctl.log")),
     }
@@ -154,14 +164,27 @@ fn setup_script_installs_opens_the_port_and_keeps_ssh() {
         assert!(
             first
                 .nftables_conf
-                .contains("udp dport 51820 accept comment \"wgmesh wg0\"")
+                .contains("udp dport 51820 accept comment \"wgmesh wg0 udp 51820\""),
+            "{}",
+            first.nftables_conf
         );
-        assert_eq!(first.systemctl_calls, "enable --now wg-quick@wg0\n");
+        assert_eq!(
+            first
+                .forward_chain
+                .contains("iifname \"wg0\" oifname \"wg0\" accept"),
+            hub,
+            "{node}: only a hub forwards:\n{}",
+            first.forward_chain
+        );
+        assert_eq!(
+            first.systemctl_calls,
+            "enable wg-quick@wg0\nis-active --quiet wg-quick@wg0\nstart wg-quick@wg0\n"
+        );
 
-        println!("{node}: input chain after setup:\n{}", first.input_chain);
         // Again: nothing is added twice.
         let second = run_setup(&dir, node, &ns, &scratch);
         assert_eq!(second.input_chain, first.input_chain);
+        assert_eq!(second.forward_chain, first.forward_chain);
         assert_eq!(second.nftables_conf, first.nftables_conf);
         // The persisted file still loads.
         let check = ns

@@ -21,8 +21,43 @@ pub(crate) fn is_host_address(cidr: &IpNet, addr: IpAddr) -> bool {
     }
 }
 
-fn host_net(addr: IpAddr) -> IpNet {
-    IpNet::from(addr)
+/// `from`'s entry for peer `to`: its address, its endpoint, and a keepalive
+/// where `from` is behind NAT and dials `to` (so that `to` can answer at any
+/// time through `from`'s NAT mapping).
+fn peer_entry(from: &NodePlan, to: &NodePlan, keepalive: Option<u16>) -> PeerPlan {
+    PeerPlan {
+        node: to.name.clone(),
+        allowed_ips: vec![IpNet::from(to.address)],
+        endpoint: to.endpoint.clone(),
+        keepalive: keepalive.filter(|_| from.endpoint.is_none() && to.endpoint.is_some()),
+        via: Vec::new(),
+    }
+}
+
+/// A direct tunnel between nodes `a` and `b`.
+fn link(nodes: &mut [NodePlan], a: usize, b: usize, keepalive: Option<u16>) {
+    let (to_b, to_a) = (
+        peer_entry(&nodes[a], &nodes[b], keepalive),
+        peer_entry(&nodes[b], &nodes[a], keepalive),
+    );
+    nodes[a].peers.push(to_b);
+    nodes[b].peers.push(to_a);
+}
+
+/// Makes `from` reach node `to` through its peer `hub`.
+fn route_via(nodes: &mut [NodePlan], from: usize, hub: usize, to: usize) {
+    let (hub_name, to_name, to_addr) = (
+        nodes[hub].name.clone(),
+        nodes[to].name.clone(),
+        nodes[to].address,
+    );
+    let peer = nodes[from]
+        .peers
+        .iter_mut()
+        .find(|p| p.node == hub_name)
+        .expect("a node peers directly with every hub it routes through");
+    peer.allowed_ips.push(IpNet::from(to_addr));
+    peer.via.push(to_name);
 }
 
 /// Gives every node an address: its own if the file gives one, else the one
@@ -125,36 +160,6 @@ pub fn compile(spec: &MeshSpec, previous: &BTreeMap<String, IpAddr>) -> Result<P
         .collect();
 
     let keepalive = (spec.keepalive > 0).then_some(spec.keepalive);
-    // A direct tunnel. The side behind NAT dials and keeps its NAT mapping
-    // open with PersistentKeepalive; a public side needs neither.
-    let link = |nodes: &mut Vec<NodePlan>, a: usize, b: usize, a_routes: Vec<IpNet>| {
-        let (ea, eb) = (nodes[a].endpoint.clone(), nodes[b].endpoint.clone());
-        let (name_a, name_b) = (nodes[a].name.clone(), nodes[b].name.clone());
-        nodes[a].peers.push(PeerPlan {
-            node: name_b,
-            allowed_ips: a_routes,
-            endpoint: eb.clone(),
-            keepalive: if ea.is_none() && eb.is_some() {
-                keepalive
-            } else {
-                None
-            },
-            via: Vec::new(),
-        });
-        let back = vec![host_net(addresses[a])];
-        nodes[b].peers.push(PeerPlan {
-            node: name_a,
-            allowed_ips: back,
-            endpoint: ea.clone(),
-            keepalive: if eb.is_none() && ea.is_some() {
-                keepalive
-            } else {
-                None
-            },
-            via: Vec::new(),
-        });
-    };
-
     let n = spec.nodes.len();
     match spec.topology {
         Topology::FullMesh => {
@@ -165,7 +170,7 @@ pub fn compile(spec: &MeshSpec, previous: &BTreeMap<String, IpAddr>) -> Result<P
                     let either_via_hub = spec.nodes[a].via_hub || spec.nodes[b].via_hub;
                     let one_dials = nodes[a].endpoint.is_some() || nodes[b].endpoint.is_some();
                     if either_hub || (one_dials && !either_via_hub) {
-                        link(&mut nodes, a, b, vec![host_net(addresses[b])]);
+                        link(&mut nodes, a, b, keepalive);
                         continue;
                     }
                     // Both behind NAT (neither can dial the other), or one
@@ -181,16 +186,8 @@ pub fn compile(spec: &MeshSpec, previous: &BTreeMap<String, IpAddr>) -> Result<P
                 }
             }
             for (a, b, hub) in relayed {
-                for (from, to) in [(a, b), (b, a)] {
-                    let hub_name = nodes[hub].name.clone();
-                    let peer = nodes[from]
-                        .peers
-                        .iter_mut()
-                        .find(|p| p.node == hub_name)
-                        .expect("every node has a direct tunnel to every hub");
-                    peer.allowed_ips.push(host_net(addresses[to]));
-                    peer.via.push(spec.nodes[to].name.clone());
-                }
+                route_via(&mut nodes, a, hub, b);
+                route_via(&mut nodes, b, hub, a);
             }
         }
         Topology::HubAndSpoke => {
@@ -201,23 +198,21 @@ pub fn compile(spec: &MeshSpec, previous: &BTreeMap<String, IpAddr>) -> Result<P
             }
             for (i, &a) in hub_ix.iter().enumerate() {
                 for &b in &hub_ix[i + 1..] {
-                    link(&mut nodes, a, b, vec![host_net(addresses[b])]);
+                    link(&mut nodes, a, b, keepalive);
                 }
             }
-            // Each spoke has one peer, its hub, carrying the whole overlay.
+            // Each spoke has one peer, its hub, carrying the whole overlay;
+            // the other hubs reach the spoke through that hub.
             for s in (0..n).filter(|i| !hub_ix.contains(i)) {
                 let hub = home_hub(s).expect("hubs is not empty");
-                link(&mut nodes, s, hub, vec![spec.cidr]);
-                let spoke_name = spec.nodes[s].name.clone();
-                let hub_name = nodes[hub].name.clone();
+                link(&mut nodes, s, hub, keepalive);
+                nodes[s]
+                    .peers
+                    .last_mut()
+                    .expect("link added the hub peer")
+                    .allowed_ips = vec![spec.cidr];
                 for &other in hub_ix.iter().filter(|&&h| h != hub) {
-                    let peer = nodes[other]
-                        .peers
-                        .iter_mut()
-                        .find(|p| p.node == hub_name)
-                        .expect("hubs are fully meshed");
-                    peer.allowed_ips.push(host_net(addresses[s]));
-                    peer.via.push(spoke_name.clone());
+                    route_via(&mut nodes, other, hub, s);
                 }
             }
         }

@@ -10,6 +10,7 @@ mod compile;
 mod mesh_file;
 mod render;
 pub mod routes;
+mod setup_script;
 
 use std::net::IpAddr;
 
@@ -80,6 +81,12 @@ pub struct PeerPlan {
 impl Plan {
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// [`Plan::node`], as an error when there is no such node.
+    pub fn existing_node(&self, name: &str) -> Result<&NodePlan, PlanError> {
+        self.node(name)
+            .ok_or_else(|| PlanError::Invalid(format!("no node {name:?}")))
     }
 
     /// Tunnels in the plan: each peering counted once.

@@ -11,10 +11,7 @@ use crate::wgquick::overlaps;
 
 /// The hops a packet takes from one node to another (names, source first).
 pub fn path(plan: &Plan, from: &str, to: &str) -> Result<Vec<String>, PlanError> {
-    let node = |name: &str| {
-        plan.node(name)
-            .ok_or_else(|| PlanError::Invalid(format!("no node {name:?}")))
-    };
+    let node = |name: &str| plan.existing_node(name);
     let src = node(from)?;
     let dst = node(to)?;
     let mut hops = vec![src.name.clone()];
