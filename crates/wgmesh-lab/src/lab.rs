@@ -99,6 +99,7 @@ impl Lab {
     pub fn with_id(id: LabId) -> Result<Self, LabError> {
         check_available()?;
         let prefix = id.netns("");
+        // `wgl-<id>.` names every namespace of this lab and no other.
         if crate::netns::list()?.iter().any(|n| n.starts_with(&prefix)) {
             return Err(LabError::Topology(format!(
                 "a lab named {:?} is up already (namespaces {prefix}*); take it down first",
@@ -513,6 +514,19 @@ pub struct Detached {
     /// (host name, namespace)
     pub hosts: Vec<(String, String)>,
     pub log_dir: PathBuf,
+}
+
+impl Detached {
+    /// The record of a lab that has nothing yet.
+    pub fn empty(id: &LabId) -> Self {
+        Self {
+            id: id.as_str().to_owned(),
+            namespaces: Vec::new(),
+            pids: Vec::new(),
+            hosts: Vec::new(),
+            log_dir: PathBuf::new(),
+        }
+    }
 }
 
 impl Drop for Lab {

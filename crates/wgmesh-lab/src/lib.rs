@@ -19,6 +19,7 @@ pub mod names;
 pub mod nat;
 pub mod netns;
 pub mod process;
+pub mod state;
 pub mod topology;
 pub mod wgnode;
 

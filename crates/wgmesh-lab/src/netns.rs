@@ -112,7 +112,12 @@ pub(crate) fn remove_by_name(name: &str) -> Result<(), LabError> {
             .args(["-KILL", &pid.to_string()])
             .output();
     }
-    run_args("ip", &["netns", "del", name]).map(|_| ())
+    match run_args("ip", &["netns", "del", name]) {
+        Ok(_) => Ok(()),
+        // Someone else (another clean-up) removed it first: it is gone either way.
+        Err(_) if !list()?.iter().any(|n| n == name) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 impl Drop for Netns {

@@ -4,6 +4,7 @@
 
 mod conf_cmd;
 mod key_cmd;
+mod lab_cmd;
 mod plan_cmd;
 mod secret_file;
 
@@ -44,6 +45,32 @@ enum Command {
     /// Plan a mesh from a mesh file and render every node's configuration.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// The lab: network namespaces, NAT routers and links on this machine (root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Build the topology in FILE.toml and leave it running.
+    Up { file: PathBuf },
+    /// Run a command inside a lab host.
+    Exec {
+        /// The lab (when several are up).
+        #[arg(long)]
+        lab: Option<String>,
+        host: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Take a lab down: its processes, namespaces and record.
+    Down { lab: Option<String> },
+    /// Remove what crashed runs left behind (only the lab's own namespaces).
+    Clean {
+        /// Also take down labs that are still in use.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +121,16 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Lab(LabCommand::Exec { lab, host, command }) => {
+            // Exits with the command's own status.
+            return lab_cmd::exec(lab.as_deref(), &host, &command).unwrap_or_else(|e| {
+                eprintln!("wgmesh: {e:#}");
+                ExitCode::FAILURE
+            });
+        }
+        Command::Lab(LabCommand::Up { file }) => lab_cmd::up(&file),
+        Command::Lab(LabCommand::Down { lab }) => lab_cmd::down(lab.as_deref()),
+        Command::Lab(LabCommand::Clean { all }) => lab_cmd::clean(all),
         Command::Genkey { out, force } => key_cmd::genkey(out.as_deref(), force),
         Command::Pubkey => key_cmd::pubkey(),
         Command::Genpsk => key_cmd::genpsk(),
