@@ -5,20 +5,11 @@ use std::time::Duration;
 
 use wgmesh_lab::{Hairpin, Lab, NatKind};
 
-fn lab() -> Option<Lab> {
-    match Lab::new() {
-        Ok(lab) => Some(lab),
-        Err(e) if std::env::var("WGMESH_SKIP_LAB").as_deref() == Ok("1") => {
-            println!("SKIP: {e} (WGMESH_SKIP_LAB=1)");
-            None
-        }
-        Err(e) => panic!("{e}. Run the tests as root, or set WGMESH_SKIP_LAB=1 to skip lab tests."),
-    }
-}
-
 #[test]
 fn public_and_natted_hosts_reach_the_internet() {
-    let Some(mut lab) = lab() else { return };
+    let Some(mut lab) = Lab::for_test("public_and_natted_hosts_reach_the_internet") else {
+        return;
+    };
     lab.add_public_host("nyc", "203.0.113.10".parse().expect("ip"))
         .expect("nyc");
     lab.add_public_host("lax", "198.51.100.20".parse().expect("ip"))

@@ -20,17 +20,6 @@ const SEED_WORLD: &str = include_str!("../../../examples/lab/seed.toml");
 /// a hub need the NATed side's first keepalive, sent when it comes up.
 const FIRST_PING: Duration = Duration::from_secs(15);
 
-fn new_lab() -> Option<Lab> {
-    match Lab::new() {
-        Ok(lab) => Some(lab),
-        Err(e) if std::env::var("WGMESH_SKIP_LAB").as_deref() == Ok("1") => {
-            println!("SKIP: {e} (WGMESH_SKIP_LAB=1)");
-            None
-        }
-        Err(e) => panic!("{e}. Run the tests as root, or set WGMESH_SKIP_LAB=1 to skip lab tests."),
-    }
-}
-
 fn random_key() -> PrivateKey {
     let mut b = [0u8; 32];
     std::fs::File::open("/dev/urandom")
@@ -81,7 +70,9 @@ fn take_down(lab: &mut Lab, nodes: &[WgNode]) {
 
 #[test]
 fn seed_mesh_every_pair_pings() {
-    let Some(mut lab) = new_lab() else { return };
+    let Some(mut lab) = Lab::for_test("seed_mesh_every_pair_pings") else {
+        return;
+    };
     Topology::parse(SEED_WORLD)
         .expect("valid world")
         .build_into(&mut lab)
@@ -108,7 +99,9 @@ fn seed_mesh_every_pair_pings() {
 /// so that one pair is NATed on both sides and meets at the hub.
 #[test]
 fn six_node_full_mesh_with_two_natted_nodes() {
-    let Some(mut lab) = new_lab() else { return };
+    let Some(mut lab) = Lab::for_test("six_node_full_mesh_with_two_natted_nodes") else {
+        return;
+    };
     for (name, addr) in [
         ("a", "203.0.113.1"),
         ("b", "203.0.113.2"),
@@ -157,7 +150,9 @@ fn six_node_full_mesh_with_two_natted_nodes() {
 /// One hub; spokes on the internet and two behind one NAT router.
 #[test]
 fn five_node_hub_and_spoke() {
-    let Some(mut lab) = new_lab() else { return };
+    let Some(mut lab) = Lab::for_test("five_node_hub_and_spoke") else {
+        return;
+    };
     lab.add_public_host("hub", "203.0.113.50".parse().expect("ip"))
         .expect("hub");
     lab.add_public_host("s1", "198.51.100.51".parse().expect("ip"))
@@ -194,7 +189,9 @@ fn five_node_hub_and_spoke() {
 /// are made to expire after 3 s here, as a real router's do after 30–180 s.
 #[test]
 fn naive_seed_configs_fail_lax_to_lab() {
-    let Some(mut lab) = new_lab() else { return };
+    let Some(mut lab) = Lab::for_test("naive_seed_configs_fail_lax_to_lab") else {
+        return;
+    };
     Topology::parse(SEED_WORLD)
         .expect("valid world")
         .build_into(&mut lab)
