@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Length of every WireGuard key, in bytes.
 pub const KEY_LEN: usize = 32;
@@ -28,31 +28,33 @@ pub enum KeyError {
     TrailingData,
 }
 
-/// Decodes the text form, exactly as strict as wg(8)'s `key_from_base64`:
-/// 44 characters of the standard alphabet, the last one `=`, no whitespace.
-fn decode(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
-    if text.len() > KEY_B64_LEN && text.is_char_boundary(KEY_B64_LEN) {
-        let key = &text[..KEY_B64_LEN];
-        if B64.decode(key).is_ok_and(|b| b.len() == KEY_LEN) {
-            return Err(KeyError::TrailingData);
-        }
-    }
-    if text.len() != KEY_B64_LEN {
+/// Decodes the text form into `key`, exactly as strict as wg(8)'s
+/// `key_from_base64`: 44 characters of the standard alphabet, the last one
+/// `=`, the unused low bits of the last character zero, no whitespace.
+///
+/// Decoding goes through a stack buffer that is wiped afterwards, so no copy
+/// of secret bytes is left behind on the heap or the stack.
+fn decode(text: &str, key: &mut [u8; KEY_LEN]) -> Result<(), KeyError> {
+    // 44 base64 characters may decode to up to 33 bytes; `decode_slice`
+    // wants room for that estimate.
+    let mut out = Zeroizing::new([0u8; KEY_LEN + 1]);
+    let Some(head) = text.get(..KEY_B64_LEN) else {
         return Err(KeyError::Length(text.chars().count()));
+    };
+    let decoded = B64.decode_slice(head, &mut out[..]);
+    if text.len() > KEY_B64_LEN {
+        return Err(if matches!(decoded, Ok(KEY_LEN)) {
+            KeyError::TrailingData
+        } else {
+            KeyError::Length(text.chars().count())
+        });
     }
-    // `decode` into a fixed buffer so no heap copy of secret bytes is left behind.
-    let mut out = [0u8; KEY_LEN + 1];
-    match B64.decode_slice(text, &mut out) {
+    match decoded {
         Ok(KEY_LEN) => {
-            let mut key = [0u8; KEY_LEN];
             key.copy_from_slice(&out[..KEY_LEN]);
-            out.zeroize();
-            Ok(key)
+            Ok(())
         }
-        _ => {
-            out.zeroize();
-            Err(KeyError::Base64)
-        }
+        _ => Err(KeyError::Base64),
     }
 }
 
@@ -73,95 +75,98 @@ fn clamp(mut b: [u8; KEY_LEN]) -> [u8; KEY_LEN] {
     b
 }
 
-/// A Curve25519 private key. Zeroized on drop; `Debug` never shows it.
+/// 32 secret bytes: zeroized on drop, compared in constant time, never shown.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct PrivateKey([u8; KEY_LEN]);
+struct Secret32([u8; KEY_LEN]);
+
+impl Secret32 {
+    fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut secret = Self([0; KEY_LEN]);
+        decode(text, &mut secret.0)?;
+        Ok(secret)
+    }
+
+    fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(encode(&self.0))
+    }
+}
+
+impl PartialEq for Secret32 {
+    fn eq(&self, other: &Self) -> bool {
+        ct_eq(&self.0, &other.0)
+    }
+}
+impl Eq for Secret32 {}
+
+/// The API the two secret key types share: `as_bytes`, `to_base64`,
+/// `FromStr`, constant-time `==` and a `Debug` that never shows the key.
+macro_rules! secret_key {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+        pub struct $name(Secret32);
+
+        impl $name {
+            pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+                &(self.0).0
+            }
+
+            /// The base64 text form, wiped when dropped. Keep it short-lived.
+            pub fn to_base64(&self) -> Zeroizing<String> {
+                self.0.to_base64()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = KeyError;
+            fn from_str(s: &str) -> Result<Self, KeyError> {
+                Secret32::parse(s).map(Self)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
+}
+
+secret_key! {
+    /// A Curve25519 private key. Zeroized on drop; `Debug` never shows it.
+    PrivateKey
+}
 
 impl PrivateKey {
     /// A new key from 32 bytes of OS randomness, clamped as `wg genkey` does.
     pub fn from_random(bytes: [u8; KEY_LEN]) -> Self {
-        Self(clamp(bytes))
+        Self(Secret32(clamp(bytes)))
     }
 
     /// The key exactly as given (wg(8) does not clamp keys it reads either:
     /// clamping happens inside the scalar multiplication).
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        Self(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        &self.0
+        Self(Secret32(bytes))
     }
 
     /// The matching public key: X25519(clamp(k), 9), as `wg pubkey` computes it.
     pub fn public_key(&self) -> PublicKey {
-        let secret = x25519_dalek::StaticSecret::from(self.0);
+        // `StaticSecret` zeroizes itself on drop.
+        let secret = x25519_dalek::StaticSecret::from(*self.as_bytes());
         PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes())
     }
-
-    /// The base64 text form. The caller owns a copy of the secret; keep it short-lived.
-    pub fn to_base64(&self) -> String {
-        encode(&self.0)
-    }
 }
 
-impl FromStr for PrivateKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        decode(s).map(Self)
-    }
+secret_key! {
+    /// A preshared key (the optional `psk` of Noise IKpsk2). Zeroized on drop;
+    /// `Debug` never shows it.
+    PresharedKey
 }
-
-impl PartialEq for PrivateKey {
-    fn eq(&self, other: &Self) -> bool {
-        ct_eq(&self.0, &other.0)
-    }
-}
-impl Eq for PrivateKey {}
-
-impl fmt::Debug for PrivateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PrivateKey(<redacted>)")
-    }
-}
-
-/// A preshared key (the optional `psk` of Noise IKpsk2). Zeroized on drop;
-/// `Debug` never shows it.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct PresharedKey([u8; KEY_LEN]);
 
 impl PresharedKey {
     /// A new key from 32 bytes of OS randomness, used as they are (`wg genpsk`).
     pub fn from_random(bytes: [u8; KEY_LEN]) -> Self {
-        Self(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        &self.0
-    }
-
-    pub fn to_base64(&self) -> String {
-        encode(&self.0)
-    }
-}
-
-impl FromStr for PresharedKey {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        decode(s).map(Self)
-    }
-}
-
-impl PartialEq for PresharedKey {
-    fn eq(&self, other: &Self) -> bool {
-        ct_eq(&self.0, &other.0)
-    }
-}
-impl Eq for PresharedKey {}
-
-impl fmt::Debug for PresharedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PresharedKey(<redacted>)")
+        Self(Secret32(bytes))
     }
 }
 
@@ -182,7 +187,9 @@ impl PublicKey {
 impl FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        decode(s).map(Self)
+        let mut key = [0; KEY_LEN];
+        decode(s, &mut key)?;
+        Ok(Self(key))
     }
 }
 
@@ -247,7 +254,7 @@ mod tests {
             "DArYwUz2QsVHmWjxy6ijBcgNu26sOyRACZt1vkYmIAs="
         );
         assert_eq!(
-            k.to_base64(),
+            k.to_base64().as_str(),
             "sHp/p7VT4tGYRUb2BjD7RjdXX6zhlV0pbHZKo4RuPFU="
         );
     }
@@ -287,8 +294,53 @@ mod tests {
         let p = PresharedKey::from_random([7; 32]);
         for shown in [format!("{k:?}"), format!("{p:?}")] {
             assert!(shown.contains("redacted"));
-            assert!(!shown.contains(&k.to_base64()));
-            assert!(!shown.contains(&p.to_base64()));
+            assert!(!shown.contains(k.to_base64().as_str()));
+            assert!(!shown.contains(p.to_base64().as_str()));
         }
+    }
+
+    #[test]
+    fn non_canonical_and_unpadded_text_is_refused_like_wg() {
+        let good = "DArYwUz2QsVHmWjxy6ijBcgNu26sOyRACZt1vkYmIAs=";
+        // The last character before '=' carries 4 bits of the key and 2
+        // unused bits; wg's key_from_base64 refuses any unused bit set.
+        let low_bits = format!("{}t=", &good[..42]);
+        assert_eq!(low_bits.parse::<PublicKey>(), Err(KeyError::Base64));
+        // Two '=' (a 31-byte key) and no '=' are refused too.
+        assert_eq!(
+            format!("{}==", &good[..42]).parse::<PublicKey>(),
+            Err(KeyError::Base64)
+        );
+        // 43 characters, and a key with a space inside: wrong length / alphabet.
+        assert_eq!(good[..43].parse::<PublicKey>(), Err(KeyError::Length(43)));
+        assert_eq!(
+            format!(" {}", &good[1..]).parse::<PublicKey>(),
+            Err(KeyError::Base64)
+        );
+        // A bad key followed by more text is a length problem, not trailing data.
+        assert_eq!(
+            format!("{}!x", &good[..43]).parse::<PublicKey>(),
+            Err(KeyError::Length(45))
+        );
+        // Multi-byte text neither panics nor passes.
+        assert!("é".repeat(30).parse::<PrivateKey>().is_err());
+        assert!(format!("{}é", &good[..43]).parse::<PrivateKey>().is_err());
+    }
+
+    #[test]
+    fn secret_keys_share_one_behaviour() {
+        let text = "sHp/p7VT4tGYRUb2BjD7RjdXX6zhlV0pbHZKo4RuPFU=";
+        let k: PrivateKey = text.parse().expect("valid");
+        let p: PresharedKey = text.parse().expect("valid");
+        assert_eq!(k.as_bytes(), p.as_bytes());
+        assert_eq!(p.to_base64().as_str(), text);
+        assert_eq!(p.clone(), p);
+        assert_ne!(p, PresharedKey::from_random([0; 32]));
+        assert_eq!(k, PrivateKey::from_bytes(*k.as_bytes()));
+        assert_eq!(format!("{p:?}"), "PresharedKey(<redacted>)");
+        assert_eq!(format!("{k:?}"), "PrivateKey(<redacted>)");
+        // `to_base64` hands out a buffer that wipes itself.
+        let shown: Zeroizing<String> = k.to_base64();
+        assert_eq!(shown.len(), KEY_B64_LEN);
     }
 }

@@ -219,7 +219,7 @@ fn naive_seed_configs_fail_lax_to_lab() {
                 "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.10.0.1/24\n\
                  [Peer]\nPublicKey = {}\nAllowedIPs = 10.10.0.2/32\nEndpoint = 203.0.113.20:51820\n\
                  [Peer]\nPublicKey = {}\nAllowedIPs = 10.10.0.3/32\n",
-                private("nyc"),
+                private("nyc").as_str(),
                 public("lax"),
                 public("lab")
             ),
@@ -230,7 +230,7 @@ fn naive_seed_configs_fail_lax_to_lab() {
                 "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.10.0.2/24\n\
                  [Peer]\nPublicKey = {}\nAllowedIPs = 10.10.0.1/32\nEndpoint = 203.0.113.10:51820\n\
                  [Peer]\nPublicKey = {}\nAllowedIPs = 10.10.0.3/32\n",
-                private("lax"),
+                private("lax").as_str(),
                 public("nyc"),
                 public("lab")
             ),
@@ -241,7 +241,7 @@ fn naive_seed_configs_fail_lax_to_lab() {
                 "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = 10.10.0.3/24\n\
                  [Peer]\nPublicKey = {}\nAllowedIPs = 10.10.0.1/32\nEndpoint = 203.0.113.10:51820\nPersistentKeepalive = 1\n\
                  [Peer]\nPublicKey = {}\nAllowedIPs = 10.10.0.2/32\nEndpoint = 203.0.113.20:51820\n",
-                private("lab"),
+                private("lab").as_str(),
                 public("nyc"),
                 public("lax")
             ),

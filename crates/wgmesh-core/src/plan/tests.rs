@@ -328,7 +328,7 @@ fn key_files_keep_secrets_out_of_the_file() {
     let NodeKey::Private(secret) = &k["lax"] else {
         panic!("test keys are private")
     };
-    assert!(!text.contains(&secret.to_base64()));
+    assert!(!text.contains(secret.to_base64().as_str()));
 }
 
 #[test]

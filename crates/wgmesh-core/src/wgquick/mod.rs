@@ -4,9 +4,11 @@
 //!
 //! Key names and section headers match case-insensitively, as in wg(8)'s
 //! `config.c`; list keys (`Address`, `DNS`, `AllowedIPs`, the hooks) may be
-//! repeated and take comma lists, and a repeated scalar key takes its last
-//! value, both as in wg-quick. A comment line directly above a `[Peer]` is
-//! kept as that peer's name. Other comments are not kept.
+//! repeated, `AllowedIPs` takes a comma list and `Address` and `DNS` lists
+//! separated by commas or blanks, and a repeated scalar key takes its last
+//! value, all as in wg and wg-quick. Values are read with wg's and wg-quick's
+//! whitespace rules (see the `parse` module). A comment line directly above a
+//! `[Peer]` is kept as that peer's name. Other comments are not kept.
 
 mod parse;
 mod render;
@@ -139,6 +141,12 @@ pub enum EndpointError {
     BadIpv6(String),
 }
 
+/// Read as wg(8)'s `parse_endpoint` splits it: after `[...]` when the text
+/// starts with `[`, else at the last `:`. So an IPv6 address needs no
+/// brackets (`2001:db8::1:51820` is `[2001:db8::1]:51820`), and brackets may
+/// hold an IPv4 address too (`[192.0.2.1]:51820`). Stricter than wg: a host
+/// name in brackets is refused, and the port must be a number from 0 to
+/// 65535 (wg also takes service names, and wraps larger numbers).
 impl std::str::FromStr for Endpoint {
     type Err = EndpointError;
 
@@ -146,21 +154,26 @@ impl std::str::FromStr for Endpoint {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(Endpoint::Addr(addr));
         }
-        if let Some(rest) = s.strip_prefix('[') {
-            let (inside, after) = rest.split_once(']').ok_or(EndpointError::MissingPort)?;
-            let port = after.strip_prefix(':').ok_or(EndpointError::MissingPort)?;
-            let ip: std::net::Ipv6Addr = inside
-                .parse()
-                .map_err(|_| EndpointError::BadIpv6(inside.to_owned()))?;
-            let port = port
-                .parse()
-                .map_err(|_| EndpointError::BadPort(port.to_owned()))?;
-            return Ok(Endpoint::Addr(SocketAddr::new(ip.into(), port)));
+        let (host, port) = match s.strip_prefix('[') {
+            Some(rest) => {
+                let (inside, after) = rest.split_once(']').ok_or(EndpointError::MissingPort)?;
+                let port = after.strip_prefix(':').ok_or(EndpointError::MissingPort)?;
+                (inside, port)
+            }
+            None => s.rsplit_once(':').ok_or(EndpointError::MissingPort)?,
+        };
+        if port.is_empty() {
+            return Err(EndpointError::MissingPort);
         }
-        let (host, port) = s.rsplit_once(':').ok_or(EndpointError::MissingPort)?;
         let port: u16 = port
             .parse()
             .map_err(|_| EndpointError::BadPort(port.to_owned()))?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(Endpoint::Addr(SocketAddr::new(ip, port)));
+        }
+        if s.starts_with('[') {
+            return Err(EndpointError::BadIpv6(host.to_owned()));
+        }
         if !is_host_name(host) {
             return Err(EndpointError::BadHost(host.to_owned()));
         }

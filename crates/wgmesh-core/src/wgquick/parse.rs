@@ -1,11 +1,26 @@
 //! Reading a wg-quick file, line by line, collecting every error with its
 //! line number rather than stopping at the first.
+//!
+//! Values are read as leniently as the tools that read them, no more:
+//! - wg(8)'s keys (`PrivateKey`, `ListenPort`, `FwMark`, `PublicKey`,
+//!   `PresharedKey`, `AllowedIPs`, `Endpoint`, `PersistentKeepalive`): wg
+//!   deletes every whitespace character of the line before it reads it
+//!   (`config_read_line` in config.c), so `AllowedIPs = 10.0.0.1 /32` is
+//!   `10.0.0.1/32`;
+//! - wg-quick(8)'s `Address` and `DNS` are split on commas and blanks
+//!   (`${value//,/ }` and word splitting), and may be empty, as may the
+//!   hooks (an empty hook runs nothing), `MTU` and `Table` (both then mean
+//!   "automatic", as if absent).
+//!
+//! Whitespace is what wg and wg-quick take for it: ASCII tab, line feed,
+//! vertical tab, form feed, carriage return and space, never a Unicode space.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
+use zeroize::Zeroizing;
 
 use super::{Config, Dns, Endpoint, EndpointError, Interface, Peer, Table};
 use crate::key::{KeyError, PublicKey};
@@ -105,7 +120,7 @@ pub fn parse(text: &str) -> Result<Config, ConfError> {
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let mut err = |kind| errors.push(LineError { line, kind });
-        let trimmed = raw.trim();
+        let trimmed = trim(raw);
         if let Some(comment) = trimmed.strip_prefix('#') {
             last_comment = Some(comment.trim().to_owned());
             continue;
@@ -113,7 +128,7 @@ pub fn parse(text: &str) -> Result<Config, ConfError> {
         let comment_above = last_comment.take();
         // wg-quick: everything from the first '#' on is a comment.
         let content = match trimmed.split_once('#') {
-            Some((before, _)) => before.trim(),
+            Some((before, _)) => trim(before),
             None => trimmed,
         };
         if content.is_empty() {
@@ -146,8 +161,8 @@ pub fn parse(text: &str) -> Result<Config, ConfError> {
             err(LineErrorKind::NotKeyValue);
             continue;
         };
-        let key = key.trim();
-        let value = value.trim();
+        let key = trim(key);
+        let value = trim(value);
         let result = match section {
             Section::None => Err(LineErrorKind::OutsideSection(key.to_owned())),
             Section::Interface => interface_line(&mut config.interface, key, value),
@@ -187,21 +202,27 @@ fn interface_line(iface: &mut Interface, key: &str, value: &str) -> Result<(), L
         "privatekey" => {
             iface.private_key = Some(parse_key("PrivateKey", value)?);
         }
-        "listenport" => iface.listen_port = Some(number("ListenPort", value)?),
+        "listenport" => {
+            let value = wg_value("ListenPort", value)?;
+            iface.listen_port = Some(number("ListenPort", &value)?);
+        }
         "fwmark" => {
-            iface.fwmark = Some(if value.eq_ignore_ascii_case("off") {
-                0
-            } else {
-                parse_u32_c(value).ok_or_else(|| bad("FwMark", value, "a number or off"))?
-            })
+            let value = wg_value("FwMark", value)?;
+            iface.fwmark = Some(parse_fwmark(&value).ok_or_else(|| {
+                bad(
+                    "FwMark",
+                    &value,
+                    "off, or 0 to 4294967295 in decimal or with 0x in hex",
+                )
+            })?)
         }
         "address" => {
-            for item in list("Address", value)? {
+            for item in words(value) {
                 iface.addresses.push(cidr("Address", item)?);
             }
         }
         "dns" => {
-            for item in list("DNS", value)? {
+            for item in words(value) {
                 iface.dns.push(match item.parse::<IpAddr>() {
                     Ok(ip) => Dns::Server(ip),
                     Err(_) if super::is_host_name(item) => Dns::Search(item.to_owned()),
@@ -211,10 +232,12 @@ fn interface_line(iface: &mut Interface, key: &str, value: &str) -> Result<(), L
                 });
             }
         }
+        // wg-quick keeps an empty MTU or Table as unset: automatic.
+        "mtu" if value.is_empty() => iface.mtu = None,
         "mtu" => iface.mtu = Some(number("MTU", value)?),
+        "table" if value.is_empty() => iface.table = None,
         "table" => {
             iface.table = Some(match value.to_ascii_lowercase().as_str() {
-                "" => return Err(LineErrorKind::EmptyValue { key: "Table" }),
                 "off" => Table::Off,
                 "auto" => Table::Auto,
                 _ => match value.parse::<u32>() {
@@ -230,12 +253,13 @@ fn interface_line(iface: &mut Interface, key: &str, value: &str) -> Result<(), L
                 },
             })
         }
-        "preup" => iface.pre_up.push(hook("PreUp", value)?),
-        "postup" => iface.post_up.push(hook("PostUp", value)?),
-        "predown" => iface.pre_down.push(hook("PreDown", value)?),
-        "postdown" => iface.post_down.push(hook("PostDown", value)?),
+        "preup" => hook(&mut iface.pre_up, value),
+        "postup" => hook(&mut iface.post_up, value),
+        "predown" => hook(&mut iface.pre_down, value),
+        "postdown" => hook(&mut iface.post_down, value),
         "saveconfig" => {
             iface.save_config = Some(match value.to_ascii_lowercase().as_str() {
+                // wg-quick dies on anything else, an empty value included.
                 "true" => true,
                 "false" => false,
                 _ => return Err(bad("SaveConfig", value, "true or false")),
@@ -265,30 +289,33 @@ fn peer_line(
         }
         "presharedkey" => peer.preshared_key = Some(parse_key("PresharedKey", value)?),
         "allowedips" => {
-            for item in list("AllowedIPs", value)? {
-                peer.allowed_ips.push(cidr("AllowedIPs", item)?);
+            // wg: comma-separated, and an empty entry (`a,,b`, a trailing
+            // comma) is an unparsable address.
+            for item in wg_value("AllowedIPs", value)?.split(',') {
+                peer.allowed_ips.push(allowed_ip(item)?);
                 lines.allowed_ips.push(line);
             }
         }
         "endpoint" => {
-            if value.is_empty() {
-                return Err(LineErrorKind::EmptyValue { key: "Endpoint" });
-            }
+            let value = wg_value("Endpoint", value)?;
             peer.endpoint =
                 Some(
                     value
                         .parse::<Endpoint>()
                         .map_err(|reason| LineErrorKind::BadEndpoint {
-                            value: value.to_owned(),
+                            value: value.to_string(),
                             reason,
                         })?,
                 );
         }
         "persistentkeepalive" => {
+            let value = wg_value("PersistentKeepalive", value)?;
             peer.persistent_keepalive = Some(if value.eq_ignore_ascii_case("off") {
                 0
             } else {
-                number("PersistentKeepalive", value)?
+                decimal(&value).ok_or_else(|| {
+                    bad("PersistentKeepalive", &value, "off or 0 to 65535 seconds")
+                })?
             })
         }
         _ => {
@@ -301,8 +328,12 @@ fn peer_line(
     Ok(())
 }
 
-/// The checks across peers: one key per peer, no peer with our own key, no
-/// address routed to two peers (WireGuard would silently give it to the last).
+/// The checks across peers: one key per peer, no peer with our own key, and
+/// no two peers with overlapping AllowedIPs. WireGuard itself takes overlaps:
+/// a prefix listed by two peers belongs to the last one that lists it (the
+/// earlier peer silently loses it), and different prefixes that overlap
+/// coexist, the longest match winning. We refuse both, because in a mesh two
+/// peers claiming the same addresses is almost always a mistake.
 fn check_peers(iface: &Interface, peers: &[(Peer, PeerLines)], errors: &mut Vec<LineError>) {
     let own = iface.private_key.as_ref().map(|k| k.public_key());
     let mut seen: std::collections::HashMap<PublicKey, usize> = Default::default();
@@ -369,36 +400,94 @@ fn number<T: FromStr>(key: &'static str, value: &str) -> Result<T, LineErrorKind
         .map_err(|_| bad(key, value, "a number in range"))
 }
 
-/// C's `strtoul(s, NULL, 0)` as wg(8) reads FwMark: decimal, 0x hex or 0 octal.
-fn parse_u32_c(value: &str) -> Option<u32> {
-    if let Some(hex) = value
-        .strip_prefix("0x")
-        .or_else(|| value.strip_prefix("0X"))
-    {
-        u32::from_str_radix(hex, 16).ok()
-    } else if value.len() > 1 && value.starts_with('0') {
-        u32::from_str_radix(&value[1..], 8).ok()
-    } else {
-        value.parse().ok()
-    }
+/// What wg(8) and wg-quick(8) take for whitespace: wg's `char_is_space`
+/// (ctype.h), which is also `[[:space:]]` in the C locale.
+fn is_space(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\x0b' | '\x0c' | '\r' | ' ')
 }
 
-fn list<'a>(key: &'static str, value: &'a str) -> Result<Vec<&'a str>, LineErrorKind> {
-    if value.is_empty() {
+fn trim(s: &str) -> &str {
+    s.trim_matches(is_space)
+}
+
+/// The value of one of wg(8)'s keys as wg reads it: with every whitespace
+/// character deleted, and not empty (wg refuses `Key =` as an unknown line).
+/// Wiped after use, since it may be a key.
+fn wg_value(key: &'static str, value: &str) -> Result<Zeroizing<String>, LineErrorKind> {
+    let mut squeezed = Zeroizing::new(String::with_capacity(value.len()));
+    squeezed.extend(value.chars().filter(|&c| !is_space(c)));
+    if squeezed.is_empty() {
         return Err(LineErrorKind::EmptyValue { key });
     }
-    Ok(value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect())
+    Ok(squeezed)
 }
 
-fn hook(key: &'static str, value: &str) -> Result<String, LineErrorKind> {
-    if value.is_empty() {
-        Err(LineErrorKind::EmptyValue { key })
-    } else {
-        Ok(value.to_owned())
+/// wg-quick's list values (`Address`, `DNS`): `${value//,/ }` split on
+/// blanks, so commas and blanks both separate, and empty items vanish.
+fn words(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split([',', ' ', '\t'])
+        .filter(|item| !item.is_empty())
+}
+
+/// Digits only (no sign), as wg(8) reads PersistentKeepalive and prefix
+/// lengths: leading zeros are fine, anything out of range is refused.
+fn decimal<T: FromStr>(value: &str) -> Option<T> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// FwMark exactly as wg(8)'s `parse_fwmark` (config.c): `off` in any case, or
+/// a number starting with a digit: hex after a lowercase `0x`, else decimal
+/// (so `010` is ten, and `0X10` is refused), at most 0xffffffff.
+fn parse_fwmark(value: &str) -> Option<u32> {
+    if value.eq_ignore_ascii_case("off") {
+        return Some(0);
+    }
+    match value.strip_prefix("0x") {
+        Some(hex) if !hex.is_empty() => {
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            // Leading zeros do not count against the range.
+            let digits = hex.trim_start_matches('0');
+            if digits.is_empty() {
+                Some(0)
+            } else {
+                u32::from_str_radix(digits, 16).ok()
+            }
+        }
+        _ => decimal(value),
+    }
+}
+
+/// A hook runs as wg-quick `eval`s it; an empty one runs nothing.
+fn hook(hooks: &mut Vec<String>, value: &str) {
+    if !value.is_empty() {
+        hooks.push(value.to_owned());
+    }
+}
+
+/// An AllowedIPs entry as wg(8) reads it: an address, then optionally `/`
+/// and a prefix length of decimal digits only.
+fn allowed_ip(value: &str) -> Result<IpNet, LineErrorKind> {
+    let bad_cidr = || LineErrorKind::BadCidr {
+        key: "AllowedIPs",
+        value: value.to_owned(),
+    };
+    let (ip, prefix) = match value.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (value, None),
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| bad_cidr())?;
+    match prefix {
+        None => Ok(IpNet::from(ip)),
+        Some(prefix) => {
+            let len: u8 = decimal(prefix).ok_or_else(bad_cidr)?;
+            IpNet::new(ip, len).map_err(|_| bad_cidr())
+        }
     }
 }
 
@@ -417,16 +506,13 @@ fn parse_key<K: FromStr<Err = KeyError>>(
     key: &'static str,
     value: &str,
 ) -> Result<K, LineErrorKind> {
-    if value.is_empty() {
-        return Err(LineErrorKind::EmptyValue { key });
-    }
     if value.starts_with('<') && value.ends_with('>') {
         return Err(LineErrorKind::PlaceholderKey {
             key,
             value: value.to_owned(),
         });
     }
-    value
+    wg_value(key, value)?
         .parse()
         .map_err(|reason| LineErrorKind::BadKey { key, reason })
 }

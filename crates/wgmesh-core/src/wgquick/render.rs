@@ -40,7 +40,7 @@ fn list<T: Display>(out: &mut String, key: &str, items: &[T]) {
 fn interface(out: &mut String, i: &Interface, wg_quick: bool) {
     out.push_str("[Interface]\n");
     if let Some(k) = &i.private_key {
-        line(out, "PrivateKey", k.to_base64());
+        line(out, "PrivateKey", k.to_base64().as_str());
     }
     if let Some(port) = i.listen_port {
         line(out, "ListenPort", port);
@@ -83,7 +83,7 @@ fn peer(out: &mut String, p: &Peer) {
     out.push_str("[Peer]\n");
     line(out, "PublicKey", p.public_key);
     if let Some(psk) = &p.preshared_key {
-        line(out, "PresharedKey", psk.to_base64());
+        line(out, "PresharedKey", psk.to_base64().as_str());
     }
     list(out, "AllowedIPs", &p.allowed_ips);
     if let Some(endpoint) = &p.endpoint {

@@ -227,6 +227,212 @@ fn stripped_has_only_wg_keys() {
     }
 }
 
+/// The interface of a file holding just `line` under `[Interface]`.
+fn iface_of(line: &str) -> Result<Interface, ConfError> {
+    parse(&format!("[Interface]\n{line}\n")).map(|c| c.interface)
+}
+
+/// The one peer of a file holding `line` under a `[Peer]` with key P2.
+fn peer_of(line: &str) -> Result<Peer, ConfError> {
+    parse(&format!("[Peer]\nPublicKey = {P2}\n{line}\n")).map(|mut c| c.peers.remove(0))
+}
+
+#[test]
+fn fwmark_reads_like_wg() {
+    // Each case checked against `wg setconf` (wireguard-tools v1.0.20210914).
+    let cases: &[(&str, Option<u32>)] = &[
+        ("off", Some(0)),
+        ("OFF", Some(0)),
+        ("0", Some(0)),
+        ("010", Some(10)), // decimal, not octal
+        ("0x10", Some(16)),
+        ("0xFF", Some(255)),
+        ("0x000000000000ffffffff", Some(u32::MAX)),
+        ("4294967295", Some(u32::MAX)),
+        ("1 0", Some(10)), // wg deletes the blank
+        ("0x 1f", Some(31)),
+        ("0X10", None), // only a lowercase 0x makes hex
+        ("0x", None),
+        ("4294967296", None),
+        ("0x100000000", None),
+        ("99999999999999999999999", None),
+        ("+5", None),
+        ("0x-1", None),
+        ("00x10", None),
+        ("0x0x5", None),
+        ("1e", None),
+        ("0o7", None),
+        ("", None),
+    ];
+    for &(value, want) in cases {
+        let got = iface_of(&format!("FwMark = {value}")).map(|i| i.fwmark);
+        match want {
+            Some(mark) => assert_eq!(got, Ok(Some(mark)), "FwMark = {value}"),
+            None => assert!(
+                got.is_err(),
+                "FwMark = {value} must be refused, got {got:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn wg_keys_lose_all_inner_whitespace() {
+    let i = iface_of(&format!(
+        "PrivateKey = {} {}\nListenPort = 51 820\nFwMark = 0x 10",
+        &K1[..20],
+        &K1[20..]
+    ))
+    .expect("valid");
+    assert_eq!(i.private_key, Some(K1.parse().expect("key")));
+    assert_eq!(i.listen_port, Some(51820));
+    assert_eq!(i.fwmark, Some(16));
+
+    let text = format!(
+        "[Peer]\nPublicKey = {}\t{}\nPresharedKey = {} {}\nAllowedIPs = 10.0.0.1 /32, 10.0.1.0 / 24\n\
+         Endpoint = 192.0.2.1 : 51820\nPersistentKeepalive = 0 25\n",
+        &P2[..10],
+        &P2[10..],
+        &K1[..5],
+        &K1[5..]
+    );
+    let c = parse(&text).expect("valid");
+    let p = &c.peers[0];
+    assert_eq!(p.public_key, P2.parse().expect("key"));
+    assert_eq!(p.preshared_key, Some(K1.parse().expect("key")));
+    assert_eq!(
+        p.allowed_ips,
+        [
+            "10.0.0.1/32".parse::<IpNet>().expect("net"),
+            "10.0.1.0/24".parse().expect("net")
+        ]
+    );
+    assert_eq!(
+        p.endpoint,
+        Some(Endpoint::Addr("192.0.2.1:51820".parse().expect("addr")))
+    );
+    assert_eq!(p.persistent_keepalive, Some(25));
+    // Only ASCII whitespace: wg keeps a no-break space, so the key is bad.
+    assert!(peer_of(&format!("PresharedKey = {K1}\u{a0}")).is_err());
+    assert!(parse(&format!("[Peer]\u{a0}\nPublicKey = {P2}\n")).is_err());
+}
+
+#[test]
+fn allowed_ips_read_like_wg() {
+    let nets = |line: &str| peer_of(line).map(|p| p.allowed_ips);
+    assert_eq!(
+        nets("AllowedIPs = 10.0.0.0/08, fd00::1"),
+        Ok(vec![
+            "10.0.0.0/8".parse::<IpNet>().expect("net"),
+            "fd00::1/128".parse().expect("net")
+        ])
+    );
+    for bad in [
+        "AllowedIPs = 10.0.0.1/32,", // wg: "Unable to parse IP address: `'"
+        "AllowedIPs = ,10.0.0.1/32",
+        "AllowedIPs = 10.0.0.1/32,,10.0.0.2/32",
+        "AllowedIPs = 10.0.0.1/32 10.0.0.2/32", // wg reads 10.0.0.1/3210.0.0.2/32
+        "AllowedIPs = 10.0.0.0/+8",
+        "AllowedIPs = 10.0.0.0/",
+        "AllowedIPs = 10.0.0.1/33",
+        "AllowedIPs = 010.0.0.1/32",
+        "AllowedIPs =",
+    ] {
+        assert!(nets(bad).is_err(), "{bad} must be refused");
+    }
+}
+
+#[test]
+fn address_and_dns_split_on_commas_and_blanks() {
+    let i = iface_of("Address = 10.0.0.1/24 fd00::1/64,10.0.1.1/24 ,\tfd01::1\nDNS = 1.1.1.1 9.9.9.9,corp.example")
+        .expect("valid");
+    assert_eq!(
+        i.addresses,
+        [
+            "10.0.0.1/24".parse::<IpNet>().expect("net"),
+            "fd00::1/64".parse().expect("net"),
+            "10.0.1.1/24".parse().expect("net"),
+            "fd01::1/128".parse().expect("net"),
+        ]
+    );
+    assert_eq!(
+        i.dns,
+        [
+            Dns::Server(IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1))),
+            Dns::Server(IpAddr::V4(Ipv4Addr::new(9, 9, 9, 9))),
+            Dns::Search("corp.example".into()),
+        ]
+    );
+}
+
+#[test]
+fn empty_values_where_wg_quick_takes_them() {
+    // wg-quick adds nothing for an empty Address, DNS or hook, and an empty
+    // MTU or Table unsets what an earlier line set.
+    let i = iface_of(
+        "Address =\nDNS =\nPreUp =\nPostUp =\nPreDown =\nPostDown =\n\
+         MTU = 1400\nMTU =\nTable = off\nTable =",
+    )
+    .expect("valid");
+    assert_eq!(i, Interface::default());
+    // wg-quick dies on an empty SaveConfig; wg refuses every empty wg key.
+    assert!(iface_of("SaveConfig =").is_err());
+    for key in ["PrivateKey", "ListenPort", "FwMark"] {
+        let errs = errors(&format!("[Interface]\n{key} =   \n"));
+        assert!(
+            matches!(errs[..], [(2, LineErrorKind::EmptyValue { .. })]),
+            "{key}: {errs:?}"
+        );
+    }
+    for key in [
+        "PresharedKey",
+        "AllowedIPs",
+        "Endpoint",
+        "PersistentKeepalive",
+    ] {
+        assert!(peer_of(&format!("{key} =")).is_err(), "{key}");
+    }
+}
+
+#[test]
+fn persistent_keepalive_reads_like_wg() {
+    let keepalive =
+        |v: &str| peer_of(&format!("PersistentKeepalive = {v}")).map(|p| p.persistent_keepalive);
+    assert_eq!(keepalive("Off"), Ok(Some(0)));
+    assert_eq!(keepalive("025"), Ok(Some(25)));
+    assert_eq!(keepalive("65535"), Ok(Some(65535)));
+    for bad in ["+5", "65536", "-1", "25s"] {
+        assert!(keepalive(bad).is_err(), "{bad} must be refused");
+    }
+}
+
+#[test]
+fn endpoints_split_like_wg() {
+    let v6 =
+        |ip: &str, port| Endpoint::Addr(SocketAddr::new(ip.parse::<IpAddr>().expect("ip"), port));
+    // Without brackets wg splits at the last colon.
+    assert_eq!("2001:db8::1:51820".parse(), Ok(v6("2001:db8::1", 51820)));
+    assert_eq!("::1:5".parse(), Ok(v6("::1", 5)));
+    assert_eq!("::ffff:1.2.3.4:5".parse(), Ok(v6("::ffff:1.2.3.4", 5)));
+    // Brackets may hold any address.
+    assert_eq!("[192.0.2.1]:5".parse(), Ok(v6("192.0.2.1", 5)));
+    assert_eq!("[::1]:05".parse(), Ok(v6("::1", 5)));
+    // No port: the text after the last colon is not a port of a valid host.
+    assert!("2001:db8::1".parse::<Endpoint>().is_err());
+    assert!("[2001:db8::1]:".parse::<Endpoint>().is_err());
+    assert!("[2001:db8:::1]:5".parse::<Endpoint>().is_err());
+    // In a file, also with blanks, and rendered back with brackets.
+    let p = peer_of("Endpoint = 2001:db8::1 : 51820").expect("valid");
+    assert_eq!(p.endpoint, Some(v6("2001:db8::1", 51820)));
+    assert!(
+        render(&Config {
+            interface: Interface::default(),
+            peers: vec![p]
+        })
+        .contains("Endpoint = [2001:db8::1]:51820")
+    );
+}
+
 // ---- parse(render(x)) == x ----
 
 fn key32() -> impl Strategy<Value = [u8; 32]> {
