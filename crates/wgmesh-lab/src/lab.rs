@@ -79,7 +79,7 @@ pub struct Link {
 #[derive(Debug)]
 pub struct Lab {
     // Field order is drop order: processes end before their namespaces go.
-    processes: Vec<LabProcess>,
+    pub(crate) processes: Vec<LabProcess>,
     hosts: Vec<Host>,
     switch: Option<Netns>,
     links: Vec<Link>,
@@ -87,6 +87,8 @@ pub struct Lab {
     log_dir: PathBuf,
     keep_logs: bool,
     next_port: u32,
+    /// Each host's link impairment (impair.rs).
+    pub(crate) impairments: std::collections::BTreeMap<String, crate::impair::Impairment>,
 }
 
 impl Lab {
@@ -137,6 +139,7 @@ impl Lab {
             log_dir,
             keep_logs: false,
             next_port: 0,
+            impairments: Default::default(),
         })
     }
 

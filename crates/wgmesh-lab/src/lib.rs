@@ -14,6 +14,7 @@
 
 mod command;
 mod error;
+pub mod impair;
 pub mod lab;
 pub mod names;
 pub mod nat;
@@ -24,6 +25,7 @@ pub mod topology;
 pub mod wgnode;
 
 pub use error::LabError;
+pub use impair::Impairment;
 pub use lab::{Host, Lab};
 pub use nat::{Hairpin, NatKind};
 pub use netns::Netns;
