@@ -61,5 +61,9 @@ fn nothing_survives_the_suite() {
         }
     }
 
-    assert!(leaks.is_empty(), "left behind by the tests:\n{}", leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "left behind by the tests:\n{}",
+        leaks.join("\n")
+    );
 }
