@@ -19,9 +19,12 @@
 //! [[host]]
 //! name = "lab"
 //! behind = "home"               # on home's LAN, behind its NAT
+//! # Optional impairment of the host's uplink, each way (a router's: its WAN):
+//! link = { latency_ms = 20, jitter_ms = 5, loss_percent = 1.5, rate_mbit = 50 }
 //! ```
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -55,6 +58,42 @@ pub struct RouterSpec {
     pub nat: NatKind,
     #[serde(default)]
     pub hairpin: Hairpin,
+    #[serde(default)]
+    pub link: LinkSpec,
+}
+
+/// Impairment of a host's uplink, each way.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    pub latency_ms: Option<u64>,
+    pub jitter_ms: Option<u64>,
+    pub loss_percent: Option<f64>,
+    pub rate_mbit: Option<f64>,
+}
+
+impl LinkSpec {
+    fn apply(&self, lab: &mut Lab, host: &str) -> Result<(), LabError> {
+        if self.latency_ms.is_some() || self.jitter_ms.is_some() {
+            lab.set_latency(
+                host,
+                Duration::from_millis(self.latency_ms.unwrap_or(0)),
+                Duration::from_millis(self.jitter_ms.unwrap_or(0)),
+            )?;
+        }
+        if let Some(loss) = self.loss_percent {
+            lab.set_loss(host, loss)?;
+        }
+        if let Some(mbit) = self.rate_mbit {
+            if !(mbit > 0.0) {
+                return Err(LabError::Topology(format!(
+                    "{host}: rate_mbit must be positive"
+                )));
+            }
+            lab.set_rate(host, (mbit * 1e6) as u64)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +104,8 @@ pub struct HostSpec {
     pub address: Option<Ipv4Addr>,
     /// The router whose LAN the host sits on.
     pub behind: Option<String>,
+    #[serde(default)]
+    pub link: LinkSpec,
 }
 
 impl Topology {
@@ -106,6 +147,14 @@ impl Topology {
                 (None, Some(router)) => lab.add_lan_host(&h.name, router)?,
                 (None, None) => unreachable!("checked in parse"),
             };
+        }
+        // Impairment last, once every link exists (and before any traffic:
+        // putting a delay element in briefly takes the link down).
+        for r in &self.routers {
+            r.link.apply(lab, &r.name)?;
+        }
+        for h in &self.hosts {
+            h.link.apply(lab, &h.name)?;
         }
         Ok(())
     }

@@ -44,3 +44,49 @@ fn public_and_natted_hosts_reach_the_internet() {
         assert!(!left.contains(&ns), "{ns} survived the lab");
     }
 }
+
+/// A TOML topology with impairment on a link: the delay shows in the RTT.
+#[test]
+fn toml_topology_with_link_impairment() {
+    let Some(mut lab) = Lab::for_test("toml_topology_with_link_impairment") else {
+        return;
+    };
+    let topology = wgmesh_lab::Topology::parse(
+        "[lab]\nname = \"x\"\n\
+         [[router]]\nname = \"r\"\nwan = \"192.0.2.50\"\nlan = \"10.9.0.0/24\"\nnat = \"symmetric\"\n\
+         [[host]]\nname = \"a\"\naddress = \"203.0.113.5\"\nlink = { latency_ms = 30, loss_percent = 0 }\n\
+         [[host]]\nname = \"b\"\nbehind = \"r\"\n",
+    )
+    .expect("valid topology");
+    topology.build_into(&mut lab).expect("builds");
+    assert_eq!(
+        lab.impairment("a").expect("a").delay,
+        Duration::from_millis(30)
+    );
+    lab.ping_until(
+        "b",
+        "203.0.113.5".parse().expect("ip"),
+        Duration::from_secs(5),
+    )
+    .expect("b → a through the symmetric NAT");
+    let out = lab
+        .exec("b", &["ping", "-c", "3", "-i", "0.2", "-q", "203.0.113.5"])
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "rtt min/avg/max/mdev = 60.1/60.3/…": both directions of a's link delay.
+    let min: f64 = text
+        .split(" = ")
+        .nth(1)
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rtt in {text}"));
+    assert!(
+        (55.0..200.0).contains(&min),
+        "min RTT {min} ms, expected about 60:\n{text}"
+    );
+
+    let bad = wgmesh_lab::Topology::parse(
+        "[lab]\nname = \"x\"\n[[host]]\nname = \"a\"\naddress = \"203.0.113.5\"\nlink = { latency = 3 }\n",
+    );
+    assert!(bad.is_err(), "unknown link fields are refused");
+}
