@@ -85,7 +85,7 @@ impl LinkSpec {
             lab.set_loss(host, loss)?;
         }
         if let Some(mbit) = self.rate_mbit {
-            if !(mbit > 0.0) {
+            if !mbit.is_finite() || mbit <= 0.0 {
                 return Err(LabError::Topology(format!(
                     "{host}: rate_mbit must be positive"
                 )));
