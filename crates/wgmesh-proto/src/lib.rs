@@ -19,4 +19,4 @@ pub mod allowed_ips;
 pub mod device;
 pub mod uapi;
 
-
+pub use device::{Counters, Device, DeviceError, Output};
