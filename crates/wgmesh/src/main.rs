@@ -7,6 +7,7 @@ mod key_cmd;
 mod lab_cmd;
 mod plan_cmd;
 mod secret_file;
+mod wg_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,26 @@ enum Command {
     /// The lab: network namespaces, NAT routers and links on this machine (root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// A userspace WireGuard interface from a wg-quick file (root).
+    #[command(subcommand)]
+    Wg(WgCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WgCommand {
+    /// Bring up the interface FILE.conf describes, as wg-quick up does.
+    Up {
+        file: PathBuf,
+        /// The interface name (default: FILE's name without .conf).
+        #[arg(long)]
+        name: Option<String>,
+        /// Serve in this process until SIGTERM (for systemd) instead of
+        /// starting in the background.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Take the interface down: PreDown, routes, TUN device, PostDown.
+    Down { iface: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +152,12 @@ fn main() -> ExitCode {
         Command::Lab(LabCommand::Up { file }) => lab_cmd::up(&file),
         Command::Lab(LabCommand::Down { lab }) => lab_cmd::down(lab.as_deref()),
         Command::Lab(LabCommand::Clean { all }) => lab_cmd::clean(all),
+        Command::Wg(WgCommand::Up {
+            file,
+            name,
+            foreground,
+        }) => wg_cmd::up(&file, name.as_deref(), foreground),
+        Command::Wg(WgCommand::Down { iface }) => wg_cmd::down(&iface),
         Command::Genkey { out, force } => key_cmd::genkey(out.as_deref(), force),
         Command::Pubkey => key_cmd::pubkey(),
         Command::Genpsk => key_cmd::genpsk(),

@@ -6,7 +6,7 @@ use std::fs;
 use std::process::Command;
 
 /// Programs the tests start; none may still run when the suite is over.
-const TEST_PROGRAMS: [&str; 4] = ["wireguard-go", "wgl-delay", "wgl-udp", "iperf3"];
+const TEST_PROGRAMS: [&str; 5] = ["wireguard-go", "wgl-delay", "wgl-udp", "iperf3", "wgmesh"];
 
 #[test]
 #[ignore = "run by scripts/test.sh after every other test"]
@@ -43,6 +43,17 @@ fn nothing_survives_the_suite() {
             // Lab interfaces are wg<pid>-<n>x<k> / wgm<…>: a dash or the wgm prefix.
             if name.starts_with("wgm") || (name.starts_with("wg") && name.contains('-')) {
                 leaks.push(format!("wireguard-go socket /var/run/wireguard/{name}"));
+            }
+        }
+    }
+
+    // `wgmesh wg up` records the process serving an interface here (lab
+    // interfaces are named like the lab's wireguard-go ones).
+    if let Ok(entries) = fs::read_dir("/run/wgmesh") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("wg") && name.contains('-') && name.ends_with(".pid") {
+                leaks.push(format!("wgmesh PID file /run/wgmesh/{name}"));
             }
         }
     }

@@ -23,6 +23,11 @@
 //!     Prints `ready`; writes `seen SRC\n` to every connection, prints `from SRC`.
 //! wgl-udp tcp-connect --to DST:PORT [--timeout-ms N]
 //!     Prints `connected <what the server wrote>` or `failed <error>`.
+//! wgl-udp tcp-sink --bind ADDR:PORT --out FILE
+//!     Prints `ready`; takes one connection, writes all it sends to FILE and
+//!     prints `received N bytes in S s` when the sender closes.
+//! wgl-udp tcp-source --to DST:PORT --file FILE [--timeout-ms N]
+//!     Connects, sends FILE, closes; prints `sent N bytes in S s`.
 //! ```
 //!
 //! Output is line-buffered by hand (flushed after every line) because the
@@ -39,7 +44,12 @@ const USAGE: &str =
        wgl-udp probe --bind ADDR:PORT --to DST:PORT [--to ...] [--timeout-ms N]
        wgl-udp send --bind ADDR:PORT --to DST:PORT [--text T]
        wgl-udp tcp-listen --bind ADDR:PORT [--bind ...]
-       wgl-udp tcp-connect --to DST:PORT [--timeout-ms N]";
+       wgl-udp tcp-connect --to DST:PORT [--timeout-ms N]
+       wgl-udp tcp-sink --bind ADDR:PORT --out FILE
+       wgl-udp tcp-source --to DST:PORT --file FILE [--timeout-ms N]";
+
+/// How long a TCP transfer may stall before it fails.
+const IDLE: Duration = Duration::from_secs(60);
 
 /// How often an unanswered request is sent again.
 const RESEND: Duration = Duration::from_millis(100);
@@ -52,6 +62,8 @@ struct Args {
     once: bool,
     text: Option<String>,
     timeout: Option<Duration>,
+    file: Option<std::path::PathBuf>,
+    out: Option<std::path::PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -73,6 +85,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--first" => out.first = Some(addr(value()?)?),
             "--once" => out.once = true,
             "--text" => out.text = Some(value()?),
+            "--file" => out.file = Some(value()?.into()),
+            "--out" => out.out = Some(value()?.into()),
             "--timeout-ms" => {
                 let v = value()?;
                 let ms = v
@@ -279,6 +293,54 @@ fn tcp_connect(a: Args) -> Result<(), String> {
     Ok(())
 }
 
+fn tcp_sink(a: Args) -> Result<(), String> {
+    let ([bind], Some(path)) = (&a.bind[..], &a.out) else {
+        return Err("tcp-sink needs one --bind and --out".into());
+    };
+    let listener = TcpListener::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    say("ready");
+    let (mut conn, from) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    // A stalled sender fails the transfer instead of hanging it.
+    conn.set_read_timeout(Some(IDLE))
+        .map_err(|e| format!("set_read_timeout: {e}"))?;
+    say(&format!("from {from}"));
+    let start = Instant::now();
+    let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = std::io::copy(&mut conn, &mut file).map_err(|e| format!("receive: {e}"))?;
+    file.sync_all()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    say(&format!(
+        "received {n} bytes in {:.3} s",
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn tcp_source(a: Args) -> Result<(), String> {
+    let ([to], Some(path)) = (&a.to[..], &a.file) else {
+        return Err("tcp-source needs one --to and --file".into());
+    };
+    let timeout = a.timeout.unwrap_or(Duration::from_secs(10));
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let start = Instant::now();
+    let mut conn =
+        TcpStream::connect_timeout(to, timeout).map_err(|e| format!("connect {to}: {e}"))?;
+    conn.set_write_timeout(Some(IDLE))
+        .and_then(|()| conn.set_read_timeout(Some(IDLE)))
+        .map_err(|e| format!("socket timeouts: {e}"))?;
+    let n = std::io::copy(&mut file, &mut conn).map_err(|e| format!("send: {e}"))?;
+    conn.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    // Wait for the sink to close: then every byte has been read.
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut conn, &mut rest).map_err(|e| format!("close: {e}"))?;
+    say(&format!(
+        "sent {n} bytes in {:.3} s",
+        start.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = argv.split_first() else {
@@ -291,6 +353,8 @@ fn main() -> ExitCode {
         "send" => send,
         "tcp-listen" => tcp_listen,
         "tcp-connect" => tcp_connect,
+        "tcp-sink" => tcp_sink,
+        "tcp-source" => tcp_source,
         _ => {
             eprintln!("unknown mode {mode:?}\n{USAGE}");
             return ExitCode::from(2);

@@ -1,0 +1,552 @@
+//! One userspace WireGuard interface: a TUN device, a UDP socket, the
+//! sans-IO [`Device`] between them, and the UAPI socket that configures it.
+//!
+//! Threads, for this first (blocking) version:
+//! - TUN reader: a packet from the host → `Device::handle_tun` → datagrams;
+//! - UDP reader: a datagram from a peer → `Device::handle_udp` → packets for
+//!   the host, and handshake replies;
+//! - timer: `Device::handle_timers` every [`TIMER_TICK`] (handshake retries,
+//!   keepalives, rekey and expiry; WireGuard paper §6);
+//! - UAPI: one thread accepting, one per connection (`uapi_server`).
+//!
+//! The device sits behind one mutex; each thread takes it only to feed one
+//! input and collect the outputs, and does its IO after letting go.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use tun_rs::{DeviceBuilder, InterruptEvent, SyncDevice};
+use wgmesh_proto::device::{Device, Output};
+use wgmesh_proto::uapi::{self, Request, SetCommand};
+
+use crate::DataplaneError;
+use crate::uapi_server::{self, Handled, UapiHandler, UapiServer};
+use crate::udp::{self, BoundSocket, SocketSlot};
+
+/// How often the device's timers run. wireguard-go and the kernel keep
+/// per-peer timers; a 100 ms tick is well inside every WireGuard deadline
+/// (the shortest, REKEY_TIMEOUT, is 5 s).
+pub const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// How long the UDP reader blocks before looking at the stop flag and for
+/// a replaced socket.
+const UDP_POLL: Duration = Duration::from_millis(250);
+
+/// The largest packet read from either side: a TUN packet is at most the
+/// MTU (≤ 65535); a datagram at most 65535 bytes.
+const BUF: usize = 65536;
+
+/// Called once if the interface cannot go on (its TUN device vanished):
+/// the owner should tear it down.
+pub type OnFatal = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What to create.
+#[derive(Clone)]
+pub struct InterfaceConfig {
+    /// The TUN device's name (≤ 15 bytes).
+    pub name: String,
+    pub mtu: u16,
+    /// The UDP port to bind first; 0 for any. A later `listen_port` from
+    /// [`Interface::apply`] or UAPI rebinds.
+    pub listen_port: u16,
+    /// Where the UAPI socket goes ([`uapi_server::SOCKET_DIR`]).
+    pub uapi_dir: PathBuf,
+    pub on_fatal: Option<OnFatal>,
+}
+
+impl std::fmt::Debug for InterfaceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InterfaceConfig")
+            .field("name", &self.name)
+            .field("mtu", &self.mtu)
+            .field("listen_port", &self.listen_port)
+            .field("uapi_dir", &self.uapi_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InterfaceConfig {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            mtu: 1420,
+            listen_port: 0,
+            uapi_dir: PathBuf::from(uapi_server::SOCKET_DIR),
+            on_fatal: None,
+        }
+    }
+}
+
+/// Counters of what the IO shell dropped or failed to do; the device keeps
+/// its own ([`Device::counters`]).
+#[derive(Debug, Default)]
+pub struct IoStats {
+    pub tun_read_errors: AtomicU64,
+    pub tun_write_errors: AtomicU64,
+    pub udp_recv_errors: AtomicU64,
+    pub udp_send_errors: AtomicU64,
+    /// Packets or datagrams the device refused (`handle_*` errors).
+    pub device_drops: AtomicU64,
+    pub uapi_errors: AtomicU64,
+}
+
+/// Logs the first of a kind of event, then at most one line per
+/// [`SparseLog::EVERY`] with the count, so a flood of bad packets cannot
+/// flood the log.
+#[derive(Debug, Default)]
+struct SparseLog {
+    state: Mutex<Option<(Instant, u64)>>,
+}
+
+impl SparseLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&self, what: &str, count: &AtomicU64, detail: &dyn std::fmt::Display) {
+        let total = count.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match *s {
+            Some((last, _)) if now.duration_since(last) < Self::EVERY => {}
+            _ => {
+                eprintln!("wgmesh: {what}: {detail} ({total} so far)");
+                *s = Some((now, total));
+            }
+        }
+    }
+}
+
+/// What every thread shares.
+struct Shared {
+    name: String,
+    device: Mutex<Device>,
+    udp: SocketSlot,
+    /// The fwmark set on the current socket.
+    fwmark: AtomicU32,
+    stop: AtomicBool,
+    stats: IoStats,
+    log_tun: SparseLog,
+    log_udp: SparseLog,
+    log_device: SparseLog,
+    on_fatal: Option<OnFatal>,
+    fatal_sent: AtomicBool,
+}
+
+impl Shared {
+    fn device(&self) -> MutexGuard<'_, Device> {
+        // A panic in one packet's handling must not stop the interface.
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fatal(&self, why: &str) {
+        eprintln!("wgmesh: {}: {why}", self.name);
+        if !self.fatal_sent.swap(true, Ordering::AcqRel)
+            && let Some(f) = &self.on_fatal
+        {
+            f(why);
+        }
+    }
+
+    /// Applies `cmd` and makes the socket follow the device's
+    /// `listen_port` and `fwmark`. Like wireguard-go, what was applied
+    /// before an error stays applied.
+    fn apply(&self, cmd: &SetCommand) -> Result<(), DataplaneError> {
+        let mut dev = self.device();
+        dev.apply(Instant::now(), cmd)?;
+        self.follow_config(&mut dev)
+    }
+
+    fn follow_config(&self, dev: &mut Device) -> Result<(), DataplaneError> {
+        let current = self.udp.get();
+        let want_port = dev.listen_port();
+        let mark = dev.fwmark();
+        if want_port != current.port {
+            let bound = udp::bind_socket(want_port, mark)
+                .and_then(|s| {
+                    s.set_read_timeout(Some(UDP_POLL))?;
+                    BoundSocket::new(s)
+                })
+                .map_err(|source| DataplaneError::Bind {
+                    port: want_port,
+                    source,
+                });
+            let bound = match bound {
+                Ok(b) => b,
+                Err(e) => {
+                    // Back to the port actually bound, so `get` tells the truth.
+                    let revert = SetCommand {
+                        listen_port: Some(current.port),
+                        ..SetCommand::default()
+                    };
+                    let _ = dev.apply(Instant::now(), &revert);
+                    return Err(e);
+                }
+            };
+            if bound.port != want_port {
+                // Port 0 asked for any port: the device reports the real one.
+                let actual = SetCommand {
+                    listen_port: Some(bound.port),
+                    ..SetCommand::default()
+                };
+                dev.apply(Instant::now(), &actual)?;
+            }
+            eprintln!(
+                "wgmesh: {}: listening on UDP port {}",
+                self.name, bound.port
+            );
+            self.udp.replace(bound);
+            self.fwmark.store(mark, Ordering::Release);
+        } else if mark != self.fwmark.load(Ordering::Acquire) {
+            udp::set_fwmark(&current.sock, mark).map_err(|source| DataplaneError::Bind {
+                port: current.port,
+                source,
+            })?;
+            self.fwmark.store(mark, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Does the IO the device asked for.
+    fn send_outputs(&self, out: &mut Vec<Output>, sock: &BoundSocket, tun: &SyncDevice) {
+        for o in out.drain(..) {
+            match o {
+                Output::Network { to, bytes } => {
+                    if let Err(e) = sock.send_to(&bytes, to) {
+                        self.log_udp.note(
+                            "UDP send failed",
+                            &self.stats.udp_send_errors,
+                            &format_args!("to {to}: {e}"),
+                        );
+                    }
+                }
+                Output::Tunnel(bytes) => {
+                    if let Err(e) = tun.send(&bytes) {
+                        self.log_tun
+                            .note("TUN write failed", &self.stats.tun_write_errors, &e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl UapiHandler for Shared {
+    fn handle(&self, buf: &[u8]) -> Handled {
+        match uapi::parse_request(buf) {
+            Ok(None) => Handled::NeedMore,
+            Ok(Some((Request::Get, consumed))) => {
+                let snapshot = self.device().snapshot(Instant::now(), SystemTime::now());
+                Handled::Reply {
+                    reply: uapi::render_get(&snapshot),
+                    consumed,
+                }
+            }
+            Ok(Some((Request::Set(cmd), consumed))) => {
+                // Negated, as wireguard-go writes it and wg(8) reads it
+                // (see `uapi::render_error`).
+                let errno = match self.apply(&cmd) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        self.stats.uapi_errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("wgmesh: {}: UAPI set refused: {e}", self.name);
+                        -e.errno()
+                    }
+                };
+                Handled::Reply {
+                    reply: uapi::render_errno(errno),
+                    consumed,
+                }
+            }
+            Err(e) => {
+                self.stats.uapi_errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("wgmesh: {}: malformed UAPI request: {e}", self.name);
+                Handled::Fail {
+                    reply: uapi::render_error(&e),
+                }
+            }
+        }
+    }
+
+    fn errno_reply(&self, errno: i32) -> String {
+        uapi::render_errno(-errno)
+    }
+}
+
+/// A running interface. Dropping it (or [`Interface::shutdown`]) stops its
+/// threads, removes the UAPI socket and closes the TUN device, which
+/// removes it from the host with its addresses and routes.
+pub struct Interface {
+    shared: Arc<Shared>,
+    tun: Option<Arc<SyncDevice>>,
+    tun_wake: Arc<InterruptEvent>,
+    threads: Vec<JoinHandle<()>>,
+    uapi: Option<UapiServer>,
+}
+
+impl std::fmt::Debug for Interface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interface")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Interface {
+    /// Creates the TUN device, binds the socket, starts the threads and
+    /// the UAPI socket. The device starts with no key and no peers.
+    pub fn start(config: InterfaceConfig) -> Result<Self, DataplaneError> {
+        let name = config.name.clone();
+        // Refuse before touching anything if another process serves it.
+        let uapi_path = uapi_server::socket_path(&config.uapi_dir, &name);
+        if std::os::unix::net::UnixStream::connect(&uapi_path).is_ok() {
+            return Err(DataplaneError::InUse {
+                what: format!("{name} is up already ({} answers)", uapi_path.display()),
+            });
+        }
+        let tun = DeviceBuilder::new()
+            .name(&name)
+            .mtu(config.mtu)
+            // IFF_NO_PI: bare IP packets, no 4-byte packet information header.
+            .packet_information(false)
+            .build_sync()
+            .map_err(|source| DataplaneError::Tun {
+                name: name.clone(),
+                source,
+            })?;
+        let tun = Arc::new(tun);
+        let bound = udp::bind_socket(config.listen_port, 0)
+            .and_then(|s| {
+                s.set_read_timeout(Some(UDP_POLL))?;
+                BoundSocket::new(s)
+            })
+            .map_err(|source| DataplaneError::Bind {
+                port: config.listen_port,
+                source,
+            })?;
+        let port = bound.port;
+        let mut device = Device::new();
+        device.set_mtu(config.mtu);
+        device.apply(
+            Instant::now(),
+            &SetCommand {
+                listen_port: Some(port),
+                ..SetCommand::default()
+            },
+        )?;
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            device: Mutex::new(device),
+            udp: SocketSlot::new(bound),
+            fwmark: AtomicU32::new(0),
+            stop: AtomicBool::new(false),
+            stats: IoStats::default(),
+            log_tun: SparseLog::default(),
+            log_udp: SparseLog::default(),
+            log_device: SparseLog::default(),
+            on_fatal: config.on_fatal.clone(),
+            fatal_sent: AtomicBool::new(false),
+        });
+        let tun_wake = Arc::new(InterruptEvent::new().map_err(|source| DataplaneError::Tun {
+            name: name.clone(),
+            source,
+        })?);
+        let mut iface = Self {
+            shared: Arc::clone(&shared),
+            tun: Some(Arc::clone(&tun)),
+            tun_wake: Arc::clone(&tun_wake),
+            threads: Vec::new(),
+            uapi: None,
+        };
+        // From here on, an early return drops `iface`, which stops what started.
+        let spawn = |label: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(format!("{label}-{name}"))
+                .spawn(f)
+                .map_err(DataplaneError::Thread)
+        };
+        {
+            let (s, t, w) = (Arc::clone(&shared), Arc::clone(&tun), Arc::clone(&tun_wake));
+            iface
+                .threads
+                .push(spawn("tun", Box::new(move || tun_loop(&s, &t, &w)))?);
+        }
+        {
+            let (s, t) = (Arc::clone(&shared), Arc::clone(&tun));
+            iface
+                .threads
+                .push(spawn("udp", Box::new(move || udp_loop(&s, &t)))?);
+        }
+        {
+            let (s, t) = (Arc::clone(&shared), Arc::clone(&tun));
+            iface
+                .threads
+                .push(spawn("timers", Box::new(move || timer_loop(&s, &t)))?);
+        }
+        let handler: Arc<dyn UapiHandler> = shared;
+        iface.uapi = Some(UapiServer::start(&config.uapi_dir, &name, handler)?);
+        eprintln!("wgmesh: {name}: TUN up, listening on UDP port {port}");
+        Ok(iface)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The UAPI socket's path.
+    pub fn uapi_path(&self) -> Option<&Path> {
+        self.uapi.as_ref().map(UapiServer::path)
+    }
+
+    /// The UDP port the socket is bound to now.
+    pub fn listen_port(&self) -> u16 {
+        self.shared.udp.get().port
+    }
+
+    /// Applies a configuration change, exactly as a UAPI `set` would.
+    pub fn apply(&self, cmd: &SetCommand) -> Result<(), DataplaneError> {
+        self.shared.apply(cmd)
+    }
+
+    /// Runs `f` on the device, under its lock.
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut Device) -> R) -> R {
+        f(&mut self.shared.device())
+    }
+
+    pub fn io_stats(&self) -> &IoStats {
+        &self.shared.stats
+    }
+
+    /// Stops everything and removes the TUN device and the UAPI socket.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut uapi) = self.uapi.take() {
+            uapi.stop();
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.tun_wake.trigger();
+        for t in &self.threads {
+            t.thread().unpark();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // The threads held the other references: this closes the TUN fd,
+        // and the kernel removes a non-persistent TUN device with it.
+        self.tun = None;
+    }
+}
+
+impl Drop for Interface {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tun_loop(shared: &Shared, tun: &SyncDevice, wake: &InterruptEvent) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = Vec::new();
+    loop {
+        let n = match tun.recv_intr(&mut buf, wake) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                // EBADFD and friends: the device is gone (`ip link del`).
+                shared.stats.tun_read_errors.fetch_add(1, Ordering::Relaxed);
+                shared.fatal(&format!("reading the TUN device failed: {e}"));
+                return;
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        let result = shared
+            .device()
+            .handle_tun(Instant::now(), &buf[..n], &mut out);
+        if let Err(e) = result {
+            shared.log_device.note(
+                "packet from the host dropped",
+                &shared.stats.device_drops,
+                &e,
+            );
+        }
+        if !out.is_empty() {
+            shared.send_outputs(&mut out, &shared.udp.get(), tun);
+        }
+    }
+}
+
+fn udp_loop(shared: &Shared, tun: &SyncDevice) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = Vec::new();
+    while !shared.stop.load(Ordering::Acquire) {
+        // Taken afresh each time: a rebind is followed within one UDP_POLL.
+        let sock = shared.udp.get();
+        let (n, from) = match sock.sock.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                        // An ICMP error for an earlier send; nothing to read.
+                        | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                shared
+                    .log_udp
+                    .note("UDP receive failed", &shared.stats.udp_recv_errors, &e);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let from: SocketAddr = udp::canonical(from);
+        let result = shared
+            .device()
+            .handle_udp(Instant::now(), from, &buf[..n], &mut out);
+        if let Err(e) = result {
+            shared.log_device.note(
+                "datagram dropped",
+                &shared.stats.device_drops,
+                &format_args!("from {from}: {e}"),
+            );
+        }
+        shared.send_outputs(&mut out, &sock, tun);
+    }
+}
+
+fn timer_loop(shared: &Shared, tun: &SyncDevice) {
+    let mut out = Vec::new();
+    let mut next = Instant::now() + TIMER_TICK;
+    while !shared.stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now < next {
+            // Unparked early by `stop`.
+            std::thread::park_timeout(next - now);
+            continue;
+        }
+        next = now + TIMER_TICK;
+        shared.device().handle_timers(now, &mut out);
+        if !out.is_empty() {
+            shared.send_outputs(&mut out, &shared.udp.get(), tun);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The interface's one UDP socket: bound dual-stack, with large buffers and
+//! the device's fwmark, and swappable when `listen_port` changes.
+//!
+//! One IPv6 socket on `[::]:port` with IPV6_V6ONLY off serves IPv4 and IPv6
+//! peers alike (IPv4 peers appear as `::ffff:a.b.c.d`, RFC 4291 §2.5.5.2),
+//! as wireguard-go's two sockets do between them. Addresses are handed to
+//! the device in their canonical form (plain IPv4 for a mapped address), so
+//! that `wg show` prints `192.0.2.1:51820` and roaming compares like with
+//! like; and mapped back when sending. Where the host has no IPv6 at all,
+//! the socket falls back to IPv4 only.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::sync::{Arc, RwLock};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, setsockopt, socket, sockopt,
+};
+
+/// Socket buffer size asked for: a burst of full-size datagrams must not be
+/// dropped while a reader thread waits for the device lock.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds the WireGuard socket on `port` (0: any free port).
+///
+/// Buffers: SO_RCVBUFFORCE/SO_SNDBUFFORCE need CAP_NET_ADMIN, which an
+/// engine creating a TUN device has; without it the plain options are
+/// tried, which the kernel caps at net.core.[rw]mem_max.
+pub fn bind_socket(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
+    let fd = match socket(
+        AddressFamily::Inet6,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) {
+        Ok(fd) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+            let any = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+            match bind(fd.as_raw_fd(), &any) {
+                Ok(()) => fd,
+                // No IPv6 on this host (disabled by sysctl): IPv4 only.
+                Err(Errno::EADDRNOTAVAIL | Errno::EAFNOSUPPORT) => bind_v4(port)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Errno::EAFNOSUPPORT) => bind_v4(port)?,
+        Err(e) => return Err(e.into()),
+    };
+    if setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(&fd, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    let sock = UdpSocket::from(fd);
+    set_fwmark(&sock, fwmark)?;
+    Ok(sock)
+}
+
+fn bind_v4(port: u16) -> io::Result<std::os::fd::OwnedFd> {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let any = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    bind(fd.as_raw_fd(), &any)?;
+    Ok(fd)
+}
+
+/// SO_MARK: the device's `fwmark`, which policy routing (wg-quick's
+/// `not fwmark` rule) uses to keep the tunnel's own packets out of it.
+/// 0 clears it.
+pub fn set_fwmark(sock: &UdpSocket, fwmark: u32) -> io::Result<()> {
+    setsockopt(sock, sockopt::Mark, &fwmark).map_err(io::Error::from)
+}
+
+/// An IPv4-mapped IPv6 address as plain IPv4; anything else unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The address to pass to `send_to` on `sock`: IPv4 mapped into IPv6 on a
+/// dual-stack socket; `None` if the socket cannot reach it (an IPv6
+/// destination on the IPv4-only fallback).
+pub fn destination(sock_is_v6: bool, to: SocketAddr) -> Option<SocketAddr> {
+    match (sock_is_v6, to) {
+        (true, SocketAddr::V4(v4)) => Some(SocketAddr::V6(SocketAddrV6::new(
+            v4.ip().to_ipv6_mapped(),
+            v4.port(),
+            0,
+            0,
+        ))),
+        (false, SocketAddr::V6(v6)) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map(|v4| SocketAddr::V4(SocketAddrV4::new(v4, v6.port()))),
+        _ => Some(to),
+    }
+}
+
+/// The current socket, replaced when the listen port changes.
+///
+/// Threads take the socket afresh for every packet (a read lock and an
+/// `Arc` clone) instead of keeping it, so that a replaced socket closes,
+/// and its port is free again, as soon as the one `recv` still blocked on
+/// it returns (within the reader's timeout).
+#[derive(Debug)]
+pub struct SocketSlot {
+    current: RwLock<Arc<BoundSocket>>,
+}
+
+/// A bound socket and what it is bound to.
+#[derive(Debug)]
+pub struct BoundSocket {
+    pub sock: UdpSocket,
+    pub port: u16,
+    pub is_v6: bool,
+}
+
+impl BoundSocket {
+    pub fn new(sock: UdpSocket) -> io::Result<Self> {
+        let local = sock.local_addr()?;
+        Ok(Self {
+            sock,
+            port: local.port(),
+            is_v6: local.is_ipv6(),
+        })
+    }
+
+    /// Sends one datagram to `to` (a canonical address).
+    pub fn send_to(&self, bytes: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let dest = destination(self.is_v6, to).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "IPv6 destination on an IPv4-only socket",
+            )
+        })?;
+        self.sock.send_to(bytes, dest)
+    }
+}
+
+impl SocketSlot {
+    pub fn new(sock: BoundSocket) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(sock)),
+        }
+    }
+
+    pub fn get(&self) -> Arc<BoundSocket> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts `sock` in place; the old one closes when its last user lets go.
+    pub fn replace(&self, sock: BoundSocket) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn mapped_addresses_round_trip() {
+        let v4: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let mapped = destination(true, v4).expect("dual stack reaches v4");
+        assert_eq!(mapped.to_string(), "[::ffff:192.0.2.1]:51820");
+        assert_eq!(canonical(mapped), v4);
+        let v6: SocketAddr = "[2001:db8::1]:51820".parse().expect("addr");
+        assert_eq!(canonical(v6), v6);
+        assert_eq!(destination(true, v6), Some(v6));
+        assert_eq!(destination(false, v6), None);
+        assert_eq!(destination(false, mapped), Some(v4));
+    }
+
+    /// One socket hears an IPv4 and an IPv6 sender on loopback, and the
+    /// senders are seen as their plain addresses.
+    #[test]
+    fn dual_stack_socket_hears_v4_and_v6() {
+        let sock = BoundSocket::new(bind_socket(0, 0).expect("bind")).expect("local addr");
+        assert!(sock.is_v6, "this host has IPv6 on loopback");
+        assert_ne!(sock.port, 0);
+        sock.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        for (bind, to) in [("127.0.0.1:0", "127.0.0.1"), ("[::1]:0", "::1")] {
+            let sender = UdpSocket::bind(bind).expect("sender");
+            let to: std::net::IpAddr = to.parse().expect("ip");
+            sender
+                .send_to(b"hello", SocketAddr::new(to, sock.port))
+                .expect("send");
+            let (n, from) = sock.sock.recv_from(&mut buf).expect("recv");
+            assert_eq!(&buf[..n], b"hello");
+            let from = canonical(from);
+            assert_eq!(from, sender.local_addr().expect("local"));
+            // And back, through the mapping.
+            sock.send_to(b"back", from).expect("reply");
+            sender
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let (n, _) = sender.recv_from(&mut buf).expect("reply arrives");
+            assert_eq!(&buf[..n], b"back");
+        }
+    }
+
+    #[test]
+    fn a_replaced_socket_closes_when_let_go() {
+        let slot = SocketSlot::new(BoundSocket::new(bind_socket(0, 0).expect("bind")).expect("ok"));
+        let old = slot.get();
+        let old_port = old.port;
+        slot.replace(BoundSocket::new(bind_socket(0, 0).expect("bind")).expect("ok"));
+        assert_ne!(slot.get().port, old_port);
+        drop(old);
+        // The port is free again.
+        bind_socket(old_port, 0).expect("the old port can be bound again");
+    }
+}

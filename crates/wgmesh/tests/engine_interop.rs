@@ -1,0 +1,795 @@
+//! The userspace engine against the real thing: `wgmesh wg up` in one lab
+//! host, wireguard-go (brought up wg-quick style by the lab) in another,
+//! real TUN devices, real UDP, and `wg(8)` talking to wgmesh's UAPI socket.
+//!
+//! Every test builds its own lab; interface names come from the lab id, so
+//! tests run in parallel without clashing in /var/run/wireguard.
+
+use std::io::Read as _;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wgmesh_core::key::{PresharedKey, PrivateKey, PublicKey};
+use wgmesh_dataplane::uapi_server;
+use wgmesh_lab::wgnode::{self, WgNode};
+use wgmesh_lab::{Hairpin, Lab, NatKind};
+
+const WGMESH: &str = env!("CARGO_BIN_EXE_wgmesh");
+
+/// The first ping may wait for a handshake (and its retry: REKEY_TIMEOUT is 5 s).
+const FIRST_PING: Duration = Duration::from_secs(15);
+/// How long wgmesh may take to come up.
+const UP_TIMEOUT: Duration = Duration::from_secs(20);
+
+const A_ADDR: &str = "203.0.113.1";
+const B_ADDR: &str = "203.0.113.2";
+const A_V4: &str = "10.77.0.1";
+const B_V4: &str = "10.77.0.2";
+const A_V6: &str = "fd00::1";
+const B_V6: &str = "fd00::2";
+const WG_LABEL: &str = "wgmesh-a";
+
+fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("read /dev/urandom");
+    b
+}
+
+/// Who sends the first handshake: only that side gets the other's Endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Initiator {
+    Wgmesh,
+    WireguardGo,
+}
+
+struct Keys {
+    a: PrivateKey,
+    b: PrivateKey,
+    psk: Option<PresharedKey>,
+}
+
+impl Keys {
+    fn new(psk: bool) -> Self {
+        Self {
+            a: PrivateKey::from_random(random32()),
+            b: PrivateKey::from_random(random32()),
+            psk: psk.then(|| PresharedKey::from_random(random32())),
+        }
+    }
+}
+
+/// The wgmesh side's file (host a).
+fn conf_a(keys: &Keys, initiator: Initiator, extra_interface: &str) -> String {
+    let mut s = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {A_V4}/24, {A_V6}/64\n{extra_interface}\n\
+         [Peer]\nPublicKey = {}\nAllowedIPs = {B_V4}/32, {B_V6}/128\n",
+        keys.a.to_base64().as_str(),
+        keys.b.public_key(),
+    );
+    if let Some(psk) = &keys.psk {
+        s.push_str(&format!("PresharedKey = {}\n", psk.to_base64().as_str()));
+    }
+    if initiator == Initiator::Wgmesh {
+        s.push_str(&format!("Endpoint = {B_ADDR}:51820\n"));
+    }
+    s
+}
+
+/// The wireguard-go side's file (host b).
+fn conf_b(keys: &Keys, initiator: Initiator) -> String {
+    let mut s = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {B_V4}/24, {B_V6}/64\n\
+         [Peer]\nPublicKey = {}\nAllowedIPs = {A_V4}/32, {A_V6}/128\n",
+        keys.b.to_base64().as_str(),
+        keys.a.public_key(),
+    );
+    if let Some(psk) = &keys.psk {
+        s.push_str(&format!("PresharedKey = {}\n", psk.to_base64().as_str()));
+    }
+    if initiator == Initiator::WireguardGo {
+        s.push_str(&format!("Endpoint = {A_ADDR}:51820\n"));
+    }
+    s
+}
+
+/// Writes a secret file (0600) into the lab's log directory.
+fn write_conf(lab: &Lab, name: &str, text: &str) -> PathBuf {
+    use std::io::Write as _;
+    let path = lab.log_dir().join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("write conf");
+    f.write_all(text.as_bytes()).expect("write conf");
+    path
+}
+
+fn pid_file(iface: &str) -> PathBuf {
+    PathBuf::from(format!("/run/wgmesh/{iface}.pid"))
+}
+
+fn socket_file(iface: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{iface}.sock"))
+}
+
+/// Starts `wgmesh wg up --foreground` in host `host` and waits until it
+/// says it is up (its PID file appears).
+fn start_wgmesh(lab: &mut Lab, host: &str, conf: &Path, iface: &str) {
+    let conf = conf.to_string_lossy().into_owned();
+    lab.spawn(
+        host,
+        WG_LABEL,
+        &[WGMESH, "wg", "up", &conf, "--name", iface, "--foreground"],
+    )
+    .expect("spawn wgmesh");
+    let deadline = Instant::now() + UP_TIMEOUT;
+    loop {
+        if pid_file(iface).exists() {
+            return;
+        }
+        let proc = lab
+            .processes()
+            .iter_mut()
+            .find(|p| p.label() == WG_LABEL)
+            .expect("spawned");
+        if let Some(status) = proc.exited() {
+            panic!("wgmesh exited ({status}):\n{}", proc.log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wgmesh not up after {UP_TIMEOUT:?}:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two public hosts: wgmesh on a, wireguard-go on b.
+struct Pair {
+    lab: Lab,
+    keys: Keys,
+    a_iface: String,
+    b: WgNode,
+}
+
+fn pair(test: &str, psk: bool, initiator: Initiator, extra_a: &str) -> Option<Pair> {
+    let mut lab = Lab::for_test(test)?;
+    lab.add_public_host("a", A_ADDR.parse().expect("ip"))
+        .expect("host a");
+    lab.add_public_host("b", B_ADDR.parse().expect("ip"))
+        .expect("host b");
+    let keys = Keys::new(psk);
+    let a_iface = lab.id().wg_iface(0);
+    let b_iface = lab.id().wg_iface(1);
+    let b = wgnode::up(&mut lab, "b", &b_iface, &conf_b(&keys, initiator))
+        .unwrap_or_else(|e| panic!("wireguard-go: {e}\n{}", lab.logs()));
+    let extra_a = extra_a.replace("{dir}", &lab.log_dir().to_string_lossy());
+    let conf = write_conf(&lab, "a.conf", &conf_a(&keys, initiator, &extra_a));
+    start_wgmesh(&mut lab, "a", &conf, &a_iface);
+    Some(Pair {
+        lab,
+        keys,
+        a_iface,
+        b,
+    })
+}
+
+impl Pair {
+    fn ping(&self, from: &str, to: &str) {
+        let to: IpAddr = to.parse().expect("ip");
+        self.lab
+            .ping_until(from, to, FIRST_PING)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.lab.logs()));
+    }
+
+    fn exec(&self, host: &str, args: &[&str]) -> String {
+        let out = self
+            .lab
+            .exec(host, args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", self.lab.logs()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn b_pub(&self) -> PublicKey {
+        self.keys.b.public_key()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // Both sides end as their operators would end them (SIGTERM), so
+        // they remove their sockets; the lab would SIGKILL them.
+        let running = self
+            .lab
+            .processes()
+            .iter_mut()
+            .any(|p| p.label() == WG_LABEL && p.exited().is_none());
+        if running {
+            self.lab.stop(WG_LABEL);
+        }
+        let _ = wgnode::down(&mut self.lab, &self.b);
+        remove_leftovers(&[&self.a_iface, &self.b.iface]);
+    }
+}
+
+/// Removes what a killed (not terminated) engine leaves: its PID file, log
+/// and UAPI socket. Interface names are unique to a lab, so these are ours.
+fn remove_leftovers(ifaces: &[&str]) {
+    for iface in ifaces {
+        let _ = std::fs::remove_file(pid_file(iface));
+        let _ = std::fs::remove_file(format!("/run/wgmesh/{iface}.log"));
+        let _ = std::fs::remove_file(socket_file(iface));
+    }
+}
+
+/// Calls [`remove_leftovers`] when dropped, also when a test panics.
+struct Leftovers(Vec<String>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let names: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        remove_leftovers(&names);
+    }
+}
+
+/// Both sides initiate, with and without a preshared key, over IPv4 and
+/// IPv6 overlay addresses; a fresh lab for each case.
+#[test]
+fn each_side_initiates_with_and_without_psk() {
+    for initiator in [Initiator::Wgmesh, Initiator::WireguardGo] {
+        for psk in [false, true] {
+            let Some(p) = pair(
+                "each_side_initiates_with_and_without_psk",
+                psk,
+                initiator,
+                "",
+            ) else {
+                return;
+            };
+            let case = format!("{initiator:?} initiates, psk {psk}");
+            println!("{case}");
+            // The initiator's side pings first: only it knows an endpoint.
+            let (first, second) = match initiator {
+                Initiator::Wgmesh => (("a", B_V4), ("b", A_V4)),
+                Initiator::WireguardGo => (("b", A_V4), ("a", B_V4)),
+            };
+            p.ping(first.0, first.1);
+            p.ping(second.0, second.1);
+            p.ping("a", B_V6);
+            p.ping("b", A_V6);
+            // wgmesh learned (or kept) b's endpoint from its packets.
+            let show = p.exec("a", &["wg", "show", &p.a_iface, "endpoints"]);
+            assert!(
+                show.contains(&format!("{}\t{B_ADDR}:51820", p.b_pub())),
+                "{case}: {show}"
+            );
+            let psk_line = p.exec("a", &["wg", "show", &p.a_iface, "preshared-keys"]);
+            assert_eq!(psk_line.contains("(none)"), !psk, "{case}: {psk_line}");
+        }
+    }
+}
+
+/// `wg show` on the wgmesh interface: peer, endpoint, latest handshake and
+/// transfer counters, as for any WireGuard interface.
+#[test]
+fn wg_show_lists_peer_endpoint_handshake_and_transfer() {
+    let Some(p) = pair(
+        "wg_show_lists_peer_endpoint_handshake_and_transfer",
+        false,
+        Initiator::Wgmesh,
+        "",
+    ) else {
+        return;
+    };
+    p.ping("a", B_V4);
+    let show = p.exec("a", &["wg", "show", &p.a_iface]);
+    println!("{show}");
+    for want in [
+        format!("interface: {}", p.a_iface),
+        format!("public key: {}", p.keys.a.public_key()),
+        "listening port: 51820".to_owned(),
+        format!("peer: {}", p.b_pub()),
+        format!("endpoint: {B_ADDR}:51820"),
+        format!("allowed ips: {B_V4}/32, {B_V6}/128"),
+        "latest handshake: ".to_owned(),
+        "transfer: ".to_owned(),
+    ] {
+        assert!(show.contains(&want), "missing {want:?} in:\n{show}");
+    }
+    // The machine-readable form: a handshake time and both counters non-zero.
+    let dump = p.exec("a", &["wg", "show", &p.a_iface, "dump"]);
+    let peer: Vec<&str> = dump
+        .lines()
+        .nth(1)
+        .expect("a peer line")
+        .split('\t')
+        .collect();
+    assert_eq!(peer[0], p.b_pub().to_string());
+    let num = |i: usize| peer[i].parse::<u64>().expect("a number");
+    assert!(num(4) > 0, "latest handshake: {dump}");
+    assert!(num(5) > 0 && num(6) > 0, "rx/tx bytes: {dump}");
+    // `wg showconf` reads it back in wg's own format.
+    let conf = p.exec("a", &["wg", "showconf", &p.a_iface]);
+    assert!(
+        conf.contains(&format!("PublicKey = {}", p.b_pub())),
+        "{conf}"
+    );
+    // …and `wg syncconf` takes it back (a get, then a set of the difference).
+    let path = write_conf(&p.lab, "showconf.conf", &conf);
+    p.exec(
+        "a",
+        &["wg", "syncconf", &p.a_iface, &path.to_string_lossy()],
+    );
+    p.ping("a", B_V4);
+}
+
+/// `wg set` removes the peer (traffic stops) and adds it back (traffic
+/// resumes); a new listen port rebinds the socket.
+#[test]
+fn wg_set_removes_and_readds_a_peer_and_moves_the_port() {
+    let Some(p) = pair(
+        "wg_set_removes_and_readds_a_peer_and_moves_the_port",
+        true,
+        Initiator::Wgmesh,
+        "",
+    ) else {
+        return;
+    };
+    p.ping("a", B_V4);
+    let b_pub = p.b_pub().to_string();
+    p.exec("a", &["wg", "set", &p.a_iface, "peer", &b_pub, "remove"]);
+    assert_eq!(p.exec("a", &["wg", "show", &p.a_iface, "peers"]).trim(), "");
+    let lost = p
+        .lab
+        .host("a")
+        .expect("a")
+        .netns
+        .try_exec(&["ping", "-c", "3", "-i", "0.3", "-W", "1", "-q", B_V4])
+        .expect("ping runs");
+    assert!(!lost.status.success(), "traffic must stop without the peer");
+
+    let psk = write_conf(
+        &p.lab,
+        "psk",
+        p.keys.psk.as_ref().expect("psk").to_base64().as_str(),
+    );
+    p.exec(
+        "a",
+        &[
+            "wg",
+            "set",
+            &p.a_iface,
+            "peer",
+            &b_pub,
+            "preshared-key",
+            &psk.to_string_lossy(),
+            "allowed-ips",
+            &format!("{B_V4}/32,{B_V6}/128"),
+            "endpoint",
+            &format!("{B_ADDR}:51820"),
+        ],
+    );
+    p.ping("a", B_V4);
+    p.ping("b", A_V6);
+
+    // A new listen port: the socket moves, and b follows it.
+    p.exec("a", &["wg", "set", &p.a_iface, "listen-port", "51999"]);
+    assert_eq!(
+        p.exec("a", &["wg", "show", &p.a_iface, "listen-port"])
+            .trim(),
+        "51999"
+    );
+    // The old socket closes once the reader's blocked recv on it returns.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sockets = p.exec("a", &["ss", "-uln"]);
+        assert!(sockets.contains(":51999"), "{sockets}");
+        if !sockets.contains(":51820") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old socket stays open: {sockets}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let a_pub = p.keys.a.public_key().to_string();
+    p.exec(
+        "b",
+        &[
+            "wg",
+            "set",
+            &p.b.iface,
+            "peer",
+            &a_pub,
+            "endpoint",
+            &format!("{A_ADDR}:51999"),
+        ],
+    );
+    p.ping("b", A_V4);
+    p.ping("a", B_V4);
+}
+
+/// Malformed UAPI requests get an errno back, and the server goes on
+/// serving (wg still works, traffic still flows).
+#[test]
+fn malformed_uapi_requests_get_errno_and_serving_goes_on() {
+    let Some(p) = pair(
+        "malformed_uapi_requests_get_errno_and_serving_goes_on",
+        false,
+        Initiator::Wgmesh,
+        "",
+    ) else {
+        return;
+    };
+    p.ping("a", B_V4);
+    let sock = socket_file(&p.a_iface);
+    let t = Duration::from_secs(5);
+    let cases: [(&[u8], i32); 5] = [
+        (b"bogus=1\n\n", -71),
+        (b"set=1\nlisten_port=notaport\n\n", -22),
+        (b"set=1\nprivate_key=zz\n\n", -22),
+        (b"set=1\npublic_key=00\nendpoint=nowhere\n\n", -22),
+        (b"get=1\ntrailing\n\n", -22),
+    ];
+    for (req, errno) in cases {
+        let reply = uapi_server::request(&sock, req, t)
+            .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(req)));
+        assert_eq!(
+            uapi_server::reply_errno(&reply),
+            Some(errno),
+            "{:?} → {reply:?}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    // Binary garbage, then a client that hangs up mid-request.
+    let _ = uapi_server::request(&sock, &[0xff, 0x00, 0x13, b'\n', b'\n'], t);
+    {
+        use std::io::Write as _;
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        c.write_all(b"set=1\nlisten_po").expect("write");
+    }
+    let reply = uapi_server::request(&sock, b"get=1\n\n", t).expect("get still answered");
+    assert!(reply.contains("listen_port=51820\n"), "{reply}");
+    assert_eq!(uapi_server::reply_errno(&reply), Some(0));
+    assert!(p.exec("a", &["wg", "show", &p.a_iface]).contains("peer: "));
+    p.ping("b", A_V4);
+}
+
+/// Hooks run in wg-quick's order, and SIGTERM takes everything away:
+/// the interface, its routes, the UAPI socket and the PID file.
+#[test]
+fn sigterm_runs_down_hooks_and_removes_everything() {
+    let hooks = "PreUp = echo preup-%i >> {dir}/hooks\n\
+                 PostUp = echo postup-%i >> {dir}/hooks\n\
+                 PreDown = echo predown-%i >> {dir}/hooks\n\
+                 PostDown = echo postdown-%i >> {dir}/hooks";
+    let Some(mut p) = pair(
+        "sigterm_runs_down_hooks_and_removes_everything",
+        false,
+        Initiator::Wgmesh,
+        hooks,
+    ) else {
+        return;
+    };
+    p.ping("a", B_V4);
+    let iface = p.a_iface.clone();
+    let routes = p.exec("a", &["ip", "route", "show", "dev", &iface]);
+    assert!(routes.contains(&format!("{B_V4} ")), "{routes}");
+    assert!(socket_file(&iface).exists());
+
+    let proc = p
+        .lab
+        .processes()
+        .iter_mut()
+        .find(|x| x.label() == WG_LABEL)
+        .expect("spawned");
+    let status = proc
+        .terminate(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("wgmesh did not end on SIGTERM:\n{}", proc.log_text()));
+    let log = proc.log_text();
+    assert!(status.success(), "{status}:\n{log}");
+
+    let link = p
+        .lab
+        .host("a")
+        .expect("a")
+        .netns
+        .try_exec(&["ip", "link", "show", "dev", &iface])
+        .expect("ip runs");
+    assert!(!link.status.success(), "the TUN device is gone:\n{log}");
+    let routes = p.exec("a", &["ip", "-4", "route", "show"]);
+    assert!(!routes.contains("10.77."), "routes gone: {routes}");
+    assert!(!socket_file(&iface).exists(), "socket removed:\n{log}");
+    assert!(!pid_file(&iface).exists(), "PID file removed:\n{log}");
+    let ran = std::fs::read_to_string(p.lab.log_dir().join("hooks")).expect("hooks ran");
+    assert_eq!(
+        ran,
+        format!("preup-{iface}\npostup-{iface}\npredown-{iface}\npostdown-{iface}\n"),
+        "{log}"
+    );
+}
+
+/// Without --foreground, `wg up` returns once the interface is up and
+/// prints its name; `wg down` ends it.
+#[test]
+fn background_up_and_wg_down() {
+    let Some(mut lab) = Lab::for_test("background_up_and_wg_down") else {
+        return;
+    };
+    lab.add_public_host("a", A_ADDR.parse().expect("ip"))
+        .expect("a");
+    lab.add_public_host("b", B_ADDR.parse().expect("ip"))
+        .expect("b");
+    let keys = Keys::new(false);
+    let a_iface = lab.id().wg_iface(0);
+    let b_iface = lab.id().wg_iface(1);
+    let _leftovers = Leftovers(vec![a_iface.clone(), b_iface.clone()]);
+    let b = wgnode::up(&mut lab, "b", &b_iface, &conf_b(&keys, Initiator::Wgmesh))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let conf = write_conf(&lab, "a.conf", &conf_a(&keys, Initiator::Wgmesh, ""));
+    let conf = conf.to_string_lossy().into_owned();
+    let log = PathBuf::from(format!("/run/wgmesh/{a_iface}.log"));
+    let up = lab
+        .host("a")
+        .expect("a")
+        .netns
+        .try_exec(&[WGMESH, "wg", "up", &conf, "--name", &a_iface])
+        .expect("runs");
+    let bg_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        up.status.success(),
+        "{}\n{bg_log}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&up.stdout).trim(), a_iface);
+    lab.ping_until("a", B_V4.parse().expect("ip"), FIRST_PING)
+        .unwrap_or_else(|e| panic!("{e}\n{bg_log}"));
+    // A second `up` is refused while the first serves.
+    let again = lab
+        .host("a")
+        .expect("a")
+        .netns
+        .try_exec(&[WGMESH, "wg", "up", &conf, "--name", &a_iface])
+        .expect("runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("up already"));
+
+    let pid: u32 = std::fs::read_to_string(pid_file(&a_iface))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let down = std::process::Command::new(WGMESH)
+        .args(["wg", "down", &a_iface])
+        .output()
+        .expect("runs");
+    let bg_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        down.status.success(),
+        "{}\n{bg_log}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!running(pid), "process gone");
+    assert!(!socket_file(&a_iface).exists());
+    assert!(!pid_file(&a_iface).exists());
+    let link = lab
+        .host("a")
+        .expect("a")
+        .netns
+        .try_exec(&["ip", "link", "show", "dev", &a_iface])
+        .expect("ip runs");
+    assert!(!link.status.success(), "interface removed:\n{bg_log}");
+    let again = std::process::Command::new(WGMESH)
+        .args(["wg", "down", &a_iface])
+        .output()
+        .expect("runs");
+    assert!(!again.status.success(), "down twice fails");
+    wgnode::down(&mut lab, &b).expect("wireguard-go down");
+}
+
+/// A full tunnel (AllowedIPs = 0.0.0.0/0) from behind a NAT router: the
+/// host keeps reaching the peer's endpoint through its old gateway, every
+/// other destination goes into the tunnel, and down restores the table.
+#[test]
+fn full_tunnel_keeps_the_endpoint_reachable() {
+    let Some(mut lab) = Lab::for_test("full_tunnel_keeps_the_endpoint_reachable") else {
+        return;
+    };
+    lab.add_public_host("b", B_ADDR.parse().expect("ip"))
+        .expect("b");
+    lab.add_router(
+        "r",
+        "198.51.100.1".parse().expect("ip"),
+        "10.1.0.0/24".parse().expect("net"),
+        NatKind::PortRestricted,
+        Hairpin::Off,
+    )
+    .expect("router");
+    lab.add_lan_host("a", "r").expect("a");
+    let keys = Keys::new(false);
+    let a_iface = lab.id().wg_iface(0);
+    let b_iface = lab.id().wg_iface(1);
+    let _leftovers = Leftovers(vec![a_iface.clone(), b_iface.clone()]);
+    let b_conf = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = 51820\nAddress = {B_V4}/24\n\
+         [Peer]\nPublicKey = {}\nAllowedIPs = {A_V4}/32\n",
+        keys.b.to_base64().as_str(),
+        keys.a.public_key()
+    );
+    let b = wgnode::up(&mut lab, "b", &b_iface, &b_conf)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let a_conf = format!(
+        "[Interface]\nPrivateKey = {}\nAddress = {A_V4}/24\n\
+         [Peer]\nPublicKey = {}\nAllowedIPs = 0.0.0.0/0\nEndpoint = {B_ADDR}:51820\n\
+         PersistentKeepalive = 5\n",
+        keys.a.to_base64().as_str(),
+        keys.b.public_key()
+    );
+    let conf = write_conf(&lab, "a.conf", &a_conf);
+    let before = String::from_utf8_lossy(
+        &lab.exec("a", &["ip", "-4", "route", "show"])
+            .expect("routes")
+            .stdout,
+    )
+    .into_owned();
+    start_wgmesh(&mut lab, "a", &conf, &a_iface);
+    lab.ping_until("a", B_V4.parse().expect("ip"), FIRST_PING)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let get = |dst: &str| {
+        String::from_utf8_lossy(
+            &lab.exec("a", &["ip", "route", "get", dst])
+                .expect("route get")
+                .stdout,
+        )
+        .into_owned()
+    };
+    let to_endpoint = get(B_ADDR);
+    assert!(
+        to_endpoint.contains("via 10.1.0.1 dev eth0"),
+        "the endpoint stays outside the tunnel: {to_endpoint}"
+    );
+    let elsewhere = get("192.0.2.99");
+    assert!(
+        elsewhere.contains(&format!("dev {a_iface}")),
+        "everything else goes into the tunnel: {elsewhere}"
+    );
+    lab.stop(WG_LABEL);
+    let after = String::from_utf8_lossy(
+        &lab.exec("a", &["ip", "-4", "route", "show"])
+            .expect("routes")
+            .stdout,
+    )
+    .into_owned();
+    assert_eq!(after, before, "down restores the routing table");
+    wgnode::down(&mut lab, &b).expect("wireguard-go down");
+}
+
+/// 100 MB each way over TCP through the tunnel, checksums compared.
+#[test]
+fn tcp_100mb_each_way_checksums_match() {
+    let Some(mut p) = pair(
+        "tcp_100mb_each_way_checksums_match",
+        true,
+        Initiator::Wgmesh,
+        "",
+    ) else {
+        return;
+    };
+    let tool = Path::new(WGMESH).with_file_name("wgl-udp");
+    assert!(
+        tool.is_file(),
+        "{} is missing: `cargo build -p wgmesh-lab --bin wgl-udp` (cargo test --workspace builds it)",
+        tool.display()
+    );
+    let tool = tool.to_string_lossy().into_owned();
+    p.ping("a", B_V4);
+    let dir = p.lab.log_dir().to_owned();
+    let src = dir.join("random.bin");
+    {
+        let mut f = std::fs::File::create(&src).expect("create");
+        let mut rnd = std::fs::File::open("/dev/urandom").expect("urandom");
+        let n = std::io::copy(&mut (&mut rnd).take(100_000_000), &mut f).expect("fill");
+        assert_eq!(n, 100_000_000);
+    }
+    let sha = |path: &Path| -> String {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_owned()
+    };
+    let want = sha(&src);
+    for (from, to, to_ip, label) in [
+        ("a", "b", B_V4, "wgmesh→wireguard-go"),
+        ("b", "a", A_V4, "wireguard-go→wgmesh"),
+    ] {
+        let out = dir.join(format!("received-{to}.bin"));
+        let sink_label = format!("sink-{to}");
+        let bind = format!("{to_ip}:5001");
+        let out_s = out.to_string_lossy().into_owned();
+        p.lab
+            .spawn(
+                to,
+                &sink_label,
+                &[tool.as_str(), "tcp-sink", "--bind", &bind, "--out", &out_s],
+            )
+            .expect("sink");
+        wait_for_log(&mut p.lab, &sink_label, "ready");
+        let start = Instant::now();
+        let sent = p.exec(
+            from,
+            &[
+                &tool,
+                "tcp-source",
+                "--to",
+                &bind,
+                "--file",
+                &src.to_string_lossy(),
+            ],
+        );
+        let received = wait_for_log(&mut p.lab, &sink_label, "received ");
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{label}: 100 MB in {secs:.2} s ({:.0} Mbit/s); {}; {}",
+            800.0 / secs,
+            sent.trim(),
+            received.trim()
+        );
+        assert!(received.contains("received 100000000 bytes"), "{received}");
+        assert_eq!(sha(&out), want, "{label}: checksum");
+        let _ = std::fs::remove_file(&out);
+    }
+    let dump = p.exec("a", &["wg", "show", &p.a_iface, "transfer"]);
+    println!("wgmesh transfer counters: {}", dump.trim());
+}
+
+/// Whether `pid` runs: a zombie waiting for init to reap it does not.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, Some("Z" | "X"))
+    })
+}
+
+/// Waits for a line containing `what` in a lab process's log; returns it.
+fn wait_for_log(lab: &mut Lab, label: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let proc = lab
+            .processes()
+            .iter_mut()
+            .find(|p| p.label() == label)
+            .expect("spawned");
+        let text = proc.log_text();
+        if let Some(line) = text.lines().find(|l| l.contains(what)) {
+            return line.to_owned();
+        }
+        if let Some(status) = proc.exited() {
+            let text = proc.log_text();
+            if let Some(line) = text.lines().find(|l| l.contains(what)) {
+                return line.to_owned();
+            }
+            panic!("{label} exited ({status}) without {what:?}:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: no {what:?}:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
