@@ -793,3 +793,164 @@ fn wait_for_log(lab: &mut Lab, label: &str, what: &str) -> String {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Roaming (WireGuard paper §2.1): in the middle of a 100 MB transfer, the
+/// wireguard-go side, which sends, moves to a new address and a new port;
+/// wgmesh follows its authenticated packets there (its TCP ACKs go to the
+/// new endpoint), and the transfer completes intact.
+///
+/// The roaming side sends: that is what roaming needs. Had it only
+/// received, nothing authenticated would come from its new address until
+/// its own timers sent something, as with any WireGuard.
+#[test]
+fn roaming_peer_moves_mid_transfer() {
+    let Some(mut p) = pair(
+        "roaming_peer_moves_mid_transfer",
+        false,
+        Initiator::Wgmesh,
+        "",
+    ) else {
+        return;
+    };
+    let tool = Path::new(WGMESH).with_file_name("wgl-udp");
+    assert!(tool.is_file(), "{} is missing", tool.display());
+    let tool = tool.to_string_lossy().into_owned();
+    p.ping("a", B_V4);
+    let dir = p.lab.log_dir().to_owned();
+    let src = dir.join("random.bin");
+    {
+        let mut f = std::fs::File::create(&src).expect("create");
+        let mut rnd = std::fs::File::open("/dev/urandom").expect("urandom");
+        std::io::copy(&mut (&mut rnd).take(100_000_000), &mut f).expect("fill");
+    }
+    let out = dir.join("received.bin");
+    let bind = format!("{A_V4}:5001");
+    p.lab
+        .spawn(
+            "a",
+            "sink",
+            &[
+                &tool,
+                "tcp-sink",
+                "--bind",
+                &bind,
+                "--out",
+                &out.to_string_lossy(),
+            ],
+        )
+        .expect("sink");
+    wait_for_log(&mut p.lab, "sink", "ready");
+    p.lab
+        .spawn(
+            "b",
+            "source",
+            &[
+                &tool,
+                "tcp-source",
+                "--to",
+                &bind,
+                "--file",
+                &src.to_string_lossy(),
+            ],
+        )
+        .expect("source");
+    // Wait until 5 % has come through wgmesh, then move b.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let transfer = p.exec("a", &["wg", "show", &p.a_iface, "transfer"]);
+        let rx: u64 = transfer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if rx > 5_000_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress: {transfer}\n{}",
+            p.lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let new_addr = "203.0.113.12";
+    p.exec(
+        "b",
+        &[
+            "ip",
+            "address",
+            "add",
+            &format!("{new_addr}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    p.exec(
+        "b",
+        &[
+            "ip",
+            "route",
+            "replace",
+            &format!("{A_ADDR}/32"),
+            "dev",
+            "eth0",
+            "src",
+            new_addr,
+        ],
+    );
+    // wireguard-go keeps sending from the address a wrote to (a sticky
+    // source), so the old address has to go for the source to change; the
+    // new one is promoted in its place rather than removed with it.
+    p.exec(
+        "b",
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.conf.eth0.promote_secondaries=1",
+        ],
+    );
+    p.exec(
+        "b",
+        &[
+            "ip",
+            "address",
+            "del",
+            &format!("{B_ADDR}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    p.exec("b", &["wg", "set", &p.b.iface, "listen-port", "51888"]);
+    let sink_log = p
+        .lab
+        .processes()
+        .iter_mut()
+        .find(|x| x.label() == "sink")
+        .expect("sink")
+        .log_text();
+    assert!(
+        !sink_log.contains("received "),
+        "the move must happen mid-transfer: {sink_log}"
+    );
+    let received = wait_for_log(&mut p.lab, "sink", "received ");
+    assert!(received.contains("received 100000000 bytes"), "{received}");
+    let sha = |path: &Path| -> String {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_owned()
+    };
+    assert_eq!(sha(&out), sha(&src), "checksum after roaming");
+    let endpoints = p.exec("a", &["wg", "show", &p.a_iface, "endpoints"]);
+    assert!(
+        endpoints.contains(&format!("{new_addr}:51888")),
+        "wgmesh follows the peer: {endpoints}"
+    );
+    println!("roamed: {}", received.trim());
+}
