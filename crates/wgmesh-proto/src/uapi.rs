@@ -147,7 +147,9 @@ const KEY_HEX_LEN: usize = 2 * KEY_LEN;
 /// Only complete lines are judged, so feeding a request in pieces gives, for
 /// every prefix, either `Ok(None)` or the result of the whole. More than
 /// [`MAX_REQUEST_LEN`] bytes without the end of the request is an error.
-/// The cost is linear in `input.len()`.
+/// The cost is linear in `input.len()`, and a server calls it again after
+/// every read, so a client trickling bytes one at a time costs it quadratic
+/// time up to the cap; the socket is root's alone (wireguard-go's too).
 ///
 /// What is accepted (all as wireguard-go accepts it unless noted):
 /// - `get=1` followed at once by the empty line, or `set=1` followed by
@@ -171,7 +173,8 @@ const KEY_HEX_LEN: usize = 2 * KEY_LEN;
 /// Refused on purpose, where wireguard-go would accept: `\r\n` line ends, a
 /// scope given as an interface name (`%eth0`, which would need a lookup this
 /// sans-IO code cannot do), and `allowed_ip=-addr/len` (removing one entry,
-/// which newer wireguard-go and wg send; [`PeerChange`] has no field for it).
+/// which wireguard-tools ≥ v1.0.20250521 sends for `allowed-ips -addr/len`;
+/// [`PeerChange`] has no field for it).
 pub fn parse_request(input: &[u8]) -> Result<Option<(Request, usize)>, UapiError> {
     let window = &input[..input.len().min(MAX_REQUEST_LEN)];
     let mut lines = Lines::new(window);
