@@ -10,7 +10,8 @@
 # 10 s), UDP loss at saturation (iperf3 -u at 10 Gbit/s offered), ping RTT
 # (median of 200), CPU seconds per GB moved (both engine processes, over the
 # 4-stream run), the engine's RSS after the runs, and its RSS with 1,000
-# peers configured. Also the raw veth as the ceiling.
+# peers configured, and the CPU it burns idle (5 s with no traffic, both
+# processes, % of one core). Also the raw veth as the ceiling.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -189,12 +190,12 @@ PY
     ip netns exec "$1" wg addconf "$2" "$WORK/peers.conf"
 }
 
-printf '%-13s %9s %9s %22s %9s %10s %9s %14s\n' engine "TCP x1" "TCP x4" "UDP loss @10G" "RTT ms" "CPU s/GB" "RSS MiB" "RSS 1k peers"
+printf '%-13s %9s %9s %22s %9s %10s %9s %14s %9s\n' engine "TCP x1" "TCP x4" "UDP loss @10G" "RTT ms" "CPU s/GB" "RSS MiB" "RSS 1k peers" "idle CPU"
 
 # The ceiling: the raw veth, no tunnel.
 read -r raw1 _ < <(iperf_tcp 1 192.0.2.2)
 read -r raw4 _ < <(iperf_tcp 4 192.0.2.2)
-printf '%-13s %9s %9s %22s %9s %10s %9s %14s\n' "raw veth" "$raw1" "$raw4" "-" "$(rtt_ms 192.0.2.2)" - - -
+printf '%-13s %9s %9s %22s %9s %10s %9s %14s %9s\n' "raw veth" "$raw1" "$raw4" "-" "$(rtt_ms 192.0.2.2)" - - - -
 
 n=0
 for engine in $ENGINES; do
@@ -204,11 +205,14 @@ for engine in $ENGINES; do
     pa=$(start_engine "$engine" a "$ia"); PIDS+=("$pa")
     pb=$(start_engine "$engine" b "$ib"); PIDS+=("$pb")
     wait_ping
+    hz=$(getconf CLK_TCK)
+    idle_before=$(cpu_ticks "$pa" "$pb")
+    sleep 5
+    idle=$(python3 -c "print(f'{($(cpu_ticks "$pa" "$pb") - $idle_before) / $hz / 5 * 100:.1f}%')")
     read -r g1 _ < <(iperf_tcp 1 10.99.0.2)
     before=$(cpu_ticks "$pa" "$pb")
     read -r g4 bytes4 < <(iperf_tcp 4 10.99.0.2)
     after=$(cpu_ticks "$pa" "$pb")
-    hz=$(getconf CLK_TCK)
     cpu_per_gb=$(python3 -c "print(f'{($after - $before) / $hz / ($bytes4 / 1e9):.2f}')")
     loss=$(udp_loss 10.99.0.2)
     rtt=$(rtt_ms 10.99.0.2)
@@ -216,7 +220,7 @@ for engine in $ENGINES; do
     ns_a=$A
     add_1000_peers "$ns_a" "$ia"
     rss1k=$(rss_mib "$pa")
-    printf '%-13s %9s %9s %22s %9s %10s %9s %14s\n' "$engine" "$g1" "$g4" "$loss" "$rtt" "$cpu_per_gb" "$rss" "$rss1k"
+    printf '%-13s %9s %9s %22s %9s %10s %9s %14s %9s\n' "$engine" "$g1" "$g4" "$loss" "$rtt" "$cpu_per_gb" "$rss" "$rss1k" "$idle"
     kill "$pa" "$pb" 2>/dev/null || true
     wait "$pa" "$pb" 2>/dev/null || true
     ip -n "$A" link del "$ia" 2>/dev/null || true
