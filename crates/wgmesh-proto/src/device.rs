@@ -24,6 +24,11 @@
 //! `Packet` and once more into the `Vec<u8>` of its [`Output`]. That is the
 //! first version's price for a simple API; the batched, allocation-free data
 //! path is a later step.
+//!
+//! Memory: a peer's gotatun `Tunn` is about 19 KB (eight session slots,
+//! each with an 8,192-bit replay bitmap), so it is boxed and made on first
+//! use (see `Peer::ensure_tunn`): a configured peer that has had no
+//! traffic costs under 0.5 KB (`examples/peer_memory.rs` measures it).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -234,9 +239,15 @@ struct Peer {
     preshared_key: Option<PresharedKey>,
     endpoint: Option<SocketAddr>,
     persistent_keepalive: u16,
-    /// The Noise session state. `None` exactly while the interface has no
-    /// private key (a `Tunn` cannot exist without one).
-    tunn: Option<Tunn>,
+    /// The Noise session state, made on first use
+    /// ([`Peer::ensure_tunn`]): `None` until the peer has traffic, a
+    /// handshake or a keepalive due, and always while the interface has no
+    /// private key (a `Tunn` cannot exist without one). Boxed because a
+    /// `Tunn` is about 19 KB inline (eight session slots of ~2.3 KB, each
+    /// with its 1 KB replay bitmap): inline, every slot of the `peers` map
+    /// paid for it, occupied or not, so a configured, silent peer cost
+    /// ~39 KB of heap.
+    tunn: Option<Box<Tunn>>,
     last_handshake: Option<Instant>,
     /// Bytes counted by `Tunn`s dropped when the private key was removed.
     rx_base: u64,
@@ -251,6 +262,29 @@ struct Peer {
 }
 
 impl Peer {
+    /// Makes the session state if this is its first use. A fresh `Tunn`
+    /// is exactly what an eager one would still be for a peer that has had
+    /// no traffic: gotatun's timers send nothing for it until its first
+    /// packet, except the persistent keepalive due at once, and
+    /// [`Device::handle_timers`] makes the `Tunn` for that. So making it
+    /// late changes nothing on the wire, and configured but silent peers (a
+    /// mesh's usual state) cost no session memory.
+    fn ensure_tunn(
+        &mut self,
+        identity: &Identity,
+        index_table: &IndexTable,
+        timer_params: &TimerParams,
+    ) {
+        if self.tunn.is_none() {
+            self.tunn = Some(Box::new(new_tunn(
+                identity,
+                index_table,
+                timer_params,
+                self,
+            )));
+        }
+    }
+
     fn stats(&self) -> (u64, u64) {
         let (rx, tx) = self.tunn.as_ref().map_or((0, 0), |t| {
             let (_, tx, rx, _, _) = t.stats();
@@ -483,23 +517,14 @@ impl Device {
         if let Some(&id) = self.by_key.get(&identity.public_key) {
             self.remove_peer(id);
         }
-        for peer in self.peers.values_mut() {
-            match &mut peer.tunn {
-                // gotatun drops the sessions and in-flight handshakes.
-                Some(tunn) => tunn.set_static_private(
-                    identity.secret.clone(),
-                    identity.public,
-                    Arc::clone(&identity.rate_limiter),
-                ),
-                None => {
-                    peer.tunn = Some(new_tunn(
-                        &identity,
-                        &self.index_table,
-                        &self.timer_params,
-                        peer,
-                    ))
-                }
-            }
+        // Peers without a `Tunn` get one, with this key, on first use.
+        for tunn in self.peers.values_mut().filter_map(|p| p.tunn.as_mut()) {
+            // gotatun drops the sessions and in-flight handshakes.
+            tunn.set_static_private(
+                identity.secret.clone(),
+                identity.public,
+                Arc::clone(&identity.rate_limiter),
+            );
         }
         self.identity = Some(identity);
     }
@@ -557,7 +582,7 @@ impl Device {
     fn add_peer(&mut self, key: PublicKey) -> PeerId {
         let id = self.next_peer_id;
         self.next_peer_id += 1;
-        let mut peer = Peer {
+        let peer = Peer {
             public_key: key,
             preshared_key: None,
             endpoint: None,
@@ -569,14 +594,7 @@ impl Device {
             restart_at: None,
             unconfirmed: None,
         };
-        if let Some(identity) = &self.identity {
-            peer.tunn = Some(new_tunn(
-                identity,
-                &self.index_table,
-                &self.timer_params,
-                &peer,
-            ));
-        }
+        // No `Tunn` yet: see `Peer::ensure_tunn`.
         self.peers.insert(id, peer);
         self.by_key.insert(key, id);
         id
@@ -666,16 +684,18 @@ impl Device {
             .routes
             .lookup(ip.dst)
             .ok_or(DeviceError::NoRoute(ip.dst))?;
+        let identity = self.identity.as_ref().ok_or(DeviceError::NoPrivateKey)?;
         let peer = self
             .peers
             .get_mut(&id)
             .expect("invariant: routes name live peers");
-        let tunn = peer.tunn.as_mut().ok_or(DeviceError::NoPrivateKey)?;
         // Checked before queueing, as the kernel does: with nowhere to send
         // the handshake, queueing would only hold the packet hostage.
         let to = peer
             .endpoint
             .ok_or(DeviceError::NoEndpoint(peer.public_key))?;
+        peer.ensure_tunn(identity, &self.index_table, &self.timer_params);
+        let tunn = peer.tunn.as_mut().expect("invariant: ensured above");
         let packet = Packet::copy_from(&packet[..ip.len]);
         if let Some(message) = tunn.handle_outgoing_packet(packet, Some(&mut self.mtu)) {
             emit(&mut self.by_index, &mut self.counters, id, to, message, out);
@@ -757,7 +777,10 @@ impl Device {
         let Some(peer) = self.peers.get_mut(&id) else {
             return Err(DeviceError::UnknownIndex(index.unwrap_or(0)));
         };
-        let tunn = peer.tunn.as_mut().ok_or(DeviceError::NoPrivateKey)?;
+        // Only an initiation can reach a peer without a `Tunn`: every
+        // index in `by_index` was sent by one.
+        peer.ensure_tunn(identity, &self.index_table, &self.timer_params);
+        let tunn = peer.tunn.as_mut().expect("invariant: ensured above");
 
         match tunn.handle_incoming_packet(message) {
             // Only a cookie reply ends here: we now hold a cookie for the
@@ -864,10 +887,19 @@ impl Device {
         }
 
         for (&id, peer) in &mut self.peers {
-            let (Some(tunn), Some(to)) = (&mut peer.tunn, peer.endpoint) else {
+            let Some(to) = peer.endpoint else {
                 // Nowhere to send anything yet; the timers wait with it.
                 continue;
             };
+            if peer.tunn.is_none() && peer.persistent_keepalive == 0 {
+                // A fresh `Tunn` would have nothing to send. With
+                // persistent keepalive on, it has the keepalive due as
+                // soon as it is set (and the handshake that starts), as
+                // the kernel sends: so it is made for that.
+                continue;
+            }
+            peer.ensure_tunn(identity, &self.index_table, &self.timer_params);
+            let tunn = peer.tunn.as_mut().expect("invariant: ensured above");
             match tunn.update_timers() {
                 Ok(Some(message)) => {
                     emit(&mut self.by_index, &mut self.counters, id, to, message, out);

@@ -391,6 +391,84 @@ fn keepalives_are_not_written_to_the_tun() {
     assert_no_drops(&n);
 }
 
+/// Whether `node` holds session state (a gotatun `Tunn`) for `other`.
+fn has_session_state(n: &Net, node: usize, other: usize) -> bool {
+    let key = n.nodes[other].public();
+    n.nodes[node]
+        .dev
+        .peers
+        .values()
+        .find(|p| p.public_key == key)
+        .expect("peer configured")
+        .tunn
+        .is_some()
+}
+
+#[test]
+fn session_state_is_made_on_first_use_and_works_as_before() {
+    let mut n = pair(false, false);
+    let c = n.add_node("192.0.2.3:51822");
+    let d = n.add_node("192.0.2.4:51823");
+    // C: configured with an endpoint, but nobody sends to it.
+    n.add_peer(A, c, &["10.0.0.3/32"], true, None);
+    // D: persistent keepalive on, but no endpoint to send it to yet.
+    n.add_peer(A, d, &["10.0.0.4/32"], false, None);
+    let mut change = PeerChange::new(n.nodes[d].public());
+    change.persistent_keepalive = Some(25);
+    n.apply(A, change);
+
+    // Configured, silent peers hold no session state, and their timers
+    // have nothing to send.
+    n.tick(A);
+    n.tick(B);
+    for (node, other) in [(A, B), (B, A), (A, c), (A, d)] {
+        assert!(!has_session_state(&n, node, other), "{node} → {other}");
+    }
+    assert!(n.wire.is_empty(), "nothing on the wire: {:?}", n.wire);
+
+    // The first packet makes A's; B makes its own for A's initiation.
+    let ping = ipv4("10.0.0.1", "10.0.0.2", b"ping");
+    let pong = ipv4("10.0.0.2", "10.0.0.1", b"pong");
+    exchange(&mut n, &ping, &pong);
+    exchange(&mut n, &ping, &pong);
+    assert!(has_session_state(&n, A, B) && has_session_state(&n, B, A));
+    for node in [A, B] {
+        let counters = n.counters(node);
+        assert_eq!(counters.handshakes_completed, 1, "{node}: {counters:?}");
+        assert_eq!(counters.rx_data_packets, 2);
+    }
+    assert!(!has_session_state(&n, A, c), "C still silent");
+    assert!(!has_session_state(&n, A, d), "D still has no endpoint");
+
+    // D's persistent keepalive goes out at the first tick after its
+    // endpoint is known, and starts the handshake, as an eager session's
+    // would: D (which knows A) answers and the session is up.
+    n.add_peer(d, A, &["10.0.0.1/32"], false, None);
+    let mut change = PeerChange::new(n.nodes[d].public());
+    change.endpoint = Some(n.nodes[d].addr);
+    n.apply(A, change);
+    let initiations = n.counters(A).handshake_initiations_sent;
+    n.tick(A);
+    assert!(has_session_state(&n, A, d));
+    assert_eq!(n.counters(A).handshake_initiations_sent, initiations + 1);
+    assert_eq!(n.counters(d).handshake_responses_sent, 1);
+    assert_eq!(n.counters(A).handshakes_completed, 2);
+    assert!(n.counters(d).rx_keepalives >= 1, "{:?}", n.counters(d));
+    assert_eq!(n.peer(d, A).endpoint, Some(n.nodes[A].addr));
+
+    assert!(!has_session_state(&n, A, c));
+    assert_no_drops(&n);
+
+    // A new private key resets the sessions that exist and makes none.
+    let cmd = SetCommand {
+        private_key: Some(Some(random_key())),
+        ..SetCommand::default()
+    };
+    n.nodes[A].dev.apply(n.now, &cmd).expect("new key");
+    assert!(has_session_state(&n, A, B) && has_session_state(&n, A, d));
+    assert!(!has_session_state(&n, A, c));
+}
+
 #[test]
 fn forged_truncated_and_replayed_packets_are_dropped_and_counted() {
     let mut n = pair(false, false);
