@@ -1,16 +1,28 @@
 //! One userspace WireGuard interface: a TUN device, a UDP socket, the
 //! sans-IO [`Device`] between them, and the UAPI socket that configures it.
 //!
-//! Threads, for this first (blocking) version:
-//! - TUN reader: a packet from the host → `Device::handle_tun` → datagrams;
-//! - UDP reader: a datagram from a peer → `Device::handle_udp` → packets for
+//! Threads:
+//! - TUN reader: packets from the host → `Device::handle_tun` → datagrams;
+//! - UDP reader: datagrams from peers → `Device::handle_udp` → packets for
 //!   the host, and handshake replies;
 //! - timer: `Device::handle_timers` every [`TIMER_TICK`] (handshake retries,
 //!   keepalives, rekey and expiry; WireGuard paper §6);
 //! - UAPI: one thread accepting, one per connection (`uapi_server`).
 //!
-//! The device sits behind one mutex; each thread takes it only to feed one
-//! input and collect the outputs, and does its IO after letting go.
+//! The data path is batched at both ends, as wireguard-go's is on Linux:
+//! - the TUN device is opened with IFF_VNET_HDR and TCP segmentation
+//!   offload (tun-rs `offload`), so the host's TCP stack hands over
+//!   super-packets of up to 64 KiB, which tun-rs cuts into MTU-sized
+//!   packets; and decrypted TCP segments of one flow are coalesced back
+//!   into super-packets (tun-rs `GROTable`) before they are written;
+//! - each batch of encrypted datagrams for one peer leaves in one UDP GSO
+//!   `sendmsg`, and UDP GRO brings a burst of received datagrams in one
+//!   `recvmsg` ([`crate::udp`]).
+//!
+//! The device sits behind one mutex; each thread takes it once per batch
+//! to feed the inputs and collect the outputs, and does its IO after
+//! letting go. The two readers run in parallel on two cores: one encrypts,
+//! the other decrypts.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,7 +32,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use tun_rs::{DeviceBuilder, InterruptEvent, SyncDevice};
+use tun_rs::{
+    DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN,
+};
 use wgmesh_proto::device::{Device, Output};
 use wgmesh_proto::uapi::{self, Request, SetCommand};
 
@@ -37,9 +51,12 @@ pub const TIMER_TICK: Duration = Duration::from_millis(100);
 /// a replaced socket.
 const UDP_POLL: Duration = Duration::from_millis(250);
 
-/// The largest packet read from either side: a TUN packet is at most the
-/// MTU (≤ 65535); a datagram at most 65535 bytes.
-const BUF: usize = 65536;
+/// The largest read from either side: a TUN super-packet (with its virtio
+/// header) or a GRO run of datagrams is at most 64 KiB.
+const BUF: usize = 65536 + VIRTIO_NET_HDR_LEN;
+
+/// Room in each per-packet buffer of a TUN batch beyond the MTU.
+const PACKET_SLACK: usize = 256;
 
 /// Called once if the interface cannot go on (its TUN device vanished):
 /// the owner should tear it down.
@@ -209,28 +226,120 @@ impl Shared {
         }
         Ok(())
     }
+}
 
-    /// Does the IO the device asked for.
-    fn send_outputs(&self, out: &mut Vec<Output>, sock: &BoundSocket, tun: &SyncDevice) {
+/// One thread's reusable buffers for carrying out [`Output`]s: nothing is
+/// allocated per packet once they have grown to a batch's size.
+struct Writer {
+    /// Packets for the TUN, each after [`VIRTIO_NET_HDR_LEN`] bytes of
+    /// room for the virtio header; the first `tun_used` are pending.
+    tun_bufs: Vec<Vec<u8>>,
+    tun_used: usize,
+    gro: GROTable,
+    /// A run of datagrams to one peer, all of `gso_segment` bytes but the
+    /// last, for one GSO send.
+    gso: Vec<u8>,
+    gso_to: Option<SocketAddr>,
+    gso_segment: usize,
+    gso_count: usize,
+}
+
+impl Writer {
+    fn new() -> Self {
+        Self {
+            tun_bufs: Vec::new(),
+            tun_used: 0,
+            gro: GROTable::new(),
+            gso: Vec::with_capacity(udp::GSO_MAX_BYTES),
+            gso_to: None,
+            gso_segment: 0,
+            gso_count: 0,
+        }
+    }
+
+    /// Does the IO the device asked for, batching what it can.
+    fn flush(
+        &mut self,
+        shared: &Shared,
+        out: &mut Vec<Output>,
+        sock: &BoundSocket,
+        tun: &SyncDevice,
+    ) {
         for o in out.drain(..) {
             match o {
                 Output::Network { to, bytes } => {
-                    if let Err(e) = sock.send_to(&bytes, to) {
-                        self.log_udp.note(
-                            "UDP send failed",
-                            &self.stats.udp_send_errors,
-                            &format_args!("to {to}: {e}"),
-                        );
+                    let len = bytes.len();
+                    let fits = self.gso_to == Some(to)
+                        && len <= self.gso_segment
+                        && self.gso_count < udp::GSO_MAX_SEGMENTS
+                        && self.gso.len() + len <= udp::GSO_MAX_BYTES;
+                    if !fits {
+                        self.send_gso(shared, sock);
+                        self.gso_to = Some(to);
+                        self.gso_segment = len;
+                    }
+                    self.gso.extend_from_slice(&bytes);
+                    self.gso_count += 1;
+                    // Only the last datagram of a run may be shorter.
+                    if len < self.gso_segment {
+                        self.send_gso(shared, sock);
                     }
                 }
                 Output::Tunnel(bytes) => {
-                    if let Err(e) = tun.send(&bytes) {
-                        self.log_tun
-                            .note("TUN write failed", &self.stats.tun_write_errors, &e);
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    if self.tun_used == self.tun_bufs.len() {
+                        // Room for a whole super-packet: tun-rs coalesces
+                        // into a buffer only if it need not reallocate.
+                        // Untouched capacity costs address space, not RSS.
+                        self.tun_bufs
+                            .push(Vec::with_capacity(BUF + 2 * VIRTIO_NET_HDR_LEN));
+                    }
+                    let buf = &mut self.tun_bufs[self.tun_used];
+                    buf.clear();
+                    buf.resize(VIRTIO_NET_HDR_LEN, 0);
+                    buf.extend_from_slice(&bytes);
+                    self.tun_used += 1;
+                    if self.tun_used == IDEAL_BATCH_SIZE {
+                        self.write_tun(shared, tun);
                     }
                 }
             }
         }
+        self.send_gso(shared, sock);
+        self.write_tun(shared, tun);
+    }
+
+    fn send_gso(&mut self, shared: &Shared, sock: &BoundSocket) {
+        let Some(to) = self.gso_to.take() else {
+            return;
+        };
+        if let Err(e) = sock.send_segments(&self.gso, self.gso_segment, to) {
+            shared.log_udp.note(
+                "UDP send failed",
+                &shared.stats.udp_send_errors,
+                &format_args!("to {to}: {e}"),
+            );
+        }
+        self.gso.clear();
+        self.gso_count = 0;
+    }
+
+    fn write_tun(&mut self, shared: &Shared, tun: &SyncDevice) {
+        if self.tun_used == 0 {
+            return;
+        }
+        let bufs = &mut self.tun_bufs[..self.tun_used];
+        // With offloads, coalesces TCP segments of one flow into
+        // super-packets and writes each with its virtio header; without,
+        // writes each packet after the (then unused) header room.
+        if let Err(e) = tun.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN) {
+            shared
+                .log_tun
+                .note("TUN write failed", &shared.stats.tun_write_errors, &e);
+        }
+        self.tun_used = 0;
     }
 }
 
@@ -312,6 +421,9 @@ impl Interface {
             .mtu(config.mtu)
             // IFF_NO_PI: bare IP packets, no 4-byte packet information header.
             .packet_information(false)
+            // IFF_VNET_HDR with TSO4/TSO6/CSUM (and USO where the kernel
+            // has it): super-packets in, super-packets out.
+            .offload(true)
             .build_sync()
             .map_err(|source| DataplaneError::Tun {
                 name: name.clone(),
@@ -370,9 +482,10 @@ impl Interface {
         };
         {
             let (s, t, w) = (Arc::clone(&shared), Arc::clone(&tun), Arc::clone(&tun_wake));
+            let mtu = usize::from(config.mtu);
             iface
                 .threads
-                .push(spawn("tun", Box::new(move || tun_loop(&s, &t, &w)))?);
+                .push(spawn("tun", Box::new(move || tun_loop(&s, &t, &w, mtu)))?);
         }
         {
             let (s, t) = (Arc::clone(&shared), Arc::clone(&tun));
@@ -449,11 +562,17 @@ impl Drop for Interface {
     }
 }
 
-fn tun_loop(shared: &Shared, tun: &SyncDevice, wake: &InterruptEvent) {
-    let mut buf = vec![0u8; BUF];
+fn tun_loop(shared: &Shared, tun: &SyncDevice, wake: &InterruptEvent, mtu: usize) {
+    let mut original = vec![0u8; BUF];
+    // A super-packet becomes at most IDEAL_BATCH_SIZE packets of at most
+    // the MTU. An MTU raised later with `ip link` makes longer packets
+    // fail to fit: they are counted and dropped.
+    let mut bufs = vec![vec![0u8; mtu.max(1280) + PACKET_SLACK]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     let mut out = Vec::new();
+    let mut writer = Writer::new();
     loop {
-        let n = match tun.recv_intr(&mut buf, wake) {
+        let n = match tun.recv_multiple_intr(&mut original, &mut bufs, &mut sizes, 0, wake) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 if shared.stop.load(Ordering::Acquire) {
@@ -465,38 +584,51 @@ fn tun_loop(shared: &Shared, tun: &SyncDevice, wake: &InterruptEvent) {
                 if shared.stop.load(Ordering::Acquire) {
                     return;
                 }
+                if e.raw_os_error().is_none() {
+                    // tun-rs refused what it read (a malformed or
+                    // oversized super-packet): drop it, keep reading.
+                    shared
+                        .log_tun
+                        .note("TUN packet dropped", &shared.stats.tun_read_errors, &e);
+                    continue;
+                }
                 // EBADFD and friends: the device is gone (`ip link del`).
                 shared.stats.tun_read_errors.fetch_add(1, Ordering::Relaxed);
                 shared.fatal(&format!("reading the TUN device failed: {e}"));
                 return;
             }
         };
-        if n == 0 {
-            continue;
-        }
-        let result = shared
-            .device()
-            .handle_tun(Instant::now(), &buf[..n], &mut out);
-        if let Err(e) = result {
-            shared.log_device.note(
-                "packet from the host dropped",
-                &shared.stats.device_drops,
-                &e,
-            );
+        {
+            let mut device = shared.device();
+            let now = Instant::now();
+            for (buf, &size) in bufs.iter().zip(&sizes).take(n) {
+                if size == 0 {
+                    continue;
+                }
+                if let Err(e) = device.handle_tun(now, &buf[..size], &mut out) {
+                    shared.log_device.note(
+                        "packet from the host dropped",
+                        &shared.stats.device_drops,
+                        &e,
+                    );
+                }
+            }
         }
         if !out.is_empty() {
-            shared.send_outputs(&mut out, &shared.udp.get(), tun);
+            writer.flush(shared, &mut out, &shared.udp.get(), tun);
         }
     }
 }
 
 fn udp_loop(shared: &Shared, tun: &SyncDevice) {
     let mut buf = vec![0u8; BUF];
+    let mut cmsg = udp::recv_cmsg_space();
     let mut out = Vec::new();
+    let mut writer = Writer::new();
     while !shared.stop.load(Ordering::Acquire) {
         // Taken afresh each time: a rebind is followed within one UDP_POLL.
         let sock = shared.udp.get();
-        let (n, from) = match sock.sock.recv_from(&mut buf) {
+        let got = match sock.recv_batch(&mut buf, &mut cmsg) {
             Ok(r) => r,
             Err(e)
                 if matches!(
@@ -518,23 +650,29 @@ fn udp_loop(shared: &Shared, tun: &SyncDevice) {
                 continue;
             }
         };
-        let from: SocketAddr = udp::canonical(from);
-        let result = shared
-            .device()
-            .handle_udp(Instant::now(), from, &buf[..n], &mut out);
-        if let Err(e) = result {
-            shared.log_device.note(
-                "datagram dropped",
-                &shared.stats.device_drops,
-                &format_args!("from {from}: {e}"),
-            );
+        let from: SocketAddr = udp::canonical(got.from);
+        {
+            let mut device = shared.device();
+            let now = Instant::now();
+            // A GRO read is consecutive datagrams of `segment` bytes, the
+            // last possibly shorter: exactly what the peer sent.
+            for datagram in buf[..got.len].chunks(got.segment) {
+                if let Err(e) = device.handle_udp(now, from, datagram, &mut out) {
+                    shared.log_device.note(
+                        "datagram dropped",
+                        &shared.stats.device_drops,
+                        &format_args!("from {from}: {e}"),
+                    );
+                }
+            }
         }
-        shared.send_outputs(&mut out, &sock, tun);
+        writer.flush(shared, &mut out, &sock, tun);
     }
 }
 
 fn timer_loop(shared: &Shared, tun: &SyncDevice) {
     let mut out = Vec::new();
+    let mut writer = Writer::new();
     let mut next = Instant::now() + TIMER_TICK;
     while !shared.stop.load(Ordering::Acquire) {
         let now = Instant::now();
@@ -546,7 +684,7 @@ fn timer_loop(shared: &Shared, tun: &SyncDevice) {
         next = now + TIMER_TICK;
         shared.device().handle_timers(now, &mut out);
         if !out.is_empty() {
-            shared.send_outputs(&mut out, &shared.udp.get(), tun);
+            writer.flush(shared, &mut out, &shared.udp.get(), tun);
         }
     }
 }

@@ -8,20 +8,39 @@
 //! that `wg show` prints `192.0.2.1:51820` and roaming compares like with
 //! like; and mapped back when sending. Where the host has no IPv6 at all,
 //! the socket falls back to IPv4 only.
+//!
+//! Batching (Linux UDP GSO and GRO, udp(7) `UDP_SEGMENT` / `UDP_GRO`): a run
+//! of equal-sized datagrams to one peer goes out in one `sendmsg`, cut by
+//! the kernel (or the NIC) into datagrams of the segment size; and the
+//! kernel hands back consecutive datagrams of one flow as one buffer with
+//! their segment size, so one `recvmsg` can bring a whole burst. Both are
+//! wire-invisible: peers see ordinary datagrams. Where the kernel refuses
+//! GSO, the socket falls back to one `send_to` per datagram for good.
 
 use std::io;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, setsockopt, socket, sockopt,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
+    SockaddrIn6, SockaddrStorage, bind, recvmsg, sendmsg, setsockopt, socket, sockopt,
 };
 
 /// Socket buffer size asked for: a burst of full-size datagrams must not be
 /// dropped while a reader thread waits for the device lock.
 pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The most datagrams one GSO send may carry: the kernel's
+/// `UDP_MAX_SEGMENTS` was 64 before Linux 6.8 (128 since).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// The most bytes one GSO send may carry: the UDP length field's limit,
+/// less the UDP and IPv6 headers' worth of slack.
+pub const GSO_MAX_BYTES: usize = 65_000;
 
 /// Binds the WireGuard socket on `port` (0: any free port).
 ///
@@ -54,6 +73,9 @@ pub fn bind_socket(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
     if setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
         let _ = setsockopt(&fd, sockopt::SndBuf, &SOCKET_BUFFER);
     }
+    // Receive coalescing; without it (old kernels) every read is one
+    // datagram, which `recv_batch` handles the same way.
+    let _ = setsockopt(&fd, sockopt::UdpGroSegment, &true);
     let sock = UdpSocket::from(fd);
     set_fwmark(&sock, fwmark)?;
     Ok(sock)
@@ -125,6 +147,18 @@ pub struct BoundSocket {
     pub sock: UdpSocket,
     pub port: u16,
     pub is_v6: bool,
+    /// Cleared when the kernel refuses a GSO send: from then on, one
+    /// datagram per `send_to`.
+    gso: AtomicBool,
+}
+
+/// What [`BoundSocket::recv_batch`] read: `len` bytes from `from`, as
+/// consecutive datagrams of `segment` bytes (the last may be shorter).
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    pub segment: usize,
+    pub from: SocketAddr,
 }
 
 impl BoundSocket {
@@ -134,7 +168,93 @@ impl BoundSocket {
             sock,
             port: local.port(),
             is_v6: local.is_ipv6(),
+            gso: AtomicBool::new(true),
         })
+    }
+
+    /// Sends `bytes`, consecutive datagrams of `segment` bytes each (the
+    /// last may be shorter; at most [`GSO_MAX_SEGMENTS`] and
+    /// [`GSO_MAX_BYTES`]), all to `to`, with one GSO `sendmsg`.
+    pub fn send_segments(&self, bytes: &[u8], segment: usize, to: SocketAddr) -> io::Result<()> {
+        if bytes.len() <= segment {
+            return self.send_to(bytes, to).map(drop);
+        }
+        if self.gso.load(Ordering::Relaxed) {
+            let seg =
+                u16::try_from(segment).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            match self.send_gso(bytes, seg, to) {
+                Ok(()) => return Ok(()),
+                // No GSO here (EIO from a device without checksum offload
+                // and no software fallback, EINVAL/ENOPROTOOPT from an old
+                // kernel): segment by hand, now and from now on.
+                Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut first_error = None;
+        for datagram in bytes.chunks(segment) {
+            if let Err(e) = self.send_to(datagram, to) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn send_gso(&self, bytes: &[u8], segment: u16, to: SocketAddr) -> Result<(), Errno> {
+        let dest = destination(self.is_v6, to).ok_or(Errno::EAFNOSUPPORT)?;
+        let iov = [IoSlice::new(bytes)];
+        let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+        let fd = self.sock.as_raw_fd();
+        let sent = match dest {
+            SocketAddr::V4(v4) => sendmsg(
+                fd,
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&SockaddrIn::from(v4)),
+            )?,
+            SocketAddr::V6(v6) => sendmsg(
+                fd,
+                &iov,
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&SockaddrIn6::from(v6)),
+            )?,
+        };
+        if sent == bytes.len() {
+            Ok(())
+        } else {
+            Err(Errno::EMSGSIZE)
+        }
+    }
+
+    /// Receives into `buf` (64 KiB: a GRO read can fill it) one datagram
+    /// or, with GRO, a run of them; `cmsg` is reusable space for the
+    /// segment size ([`recv_cmsg_space`]). The address is the socket's
+    /// (possibly mapped) form: pass it through [`canonical`].
+    pub fn recv_batch(&self, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Received> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = recvmsg::<SockaddrStorage>(
+            self.sock.as_raw_fd(),
+            &mut iov,
+            Some(cmsg),
+            MsgFlags::empty(),
+        )?;
+        let len = msg.bytes;
+        let mut segment = len;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::UdpGroSegments(size) = c {
+                segment = usize::try_from(size).unwrap_or(len).max(1);
+            }
+        }
+        let from = msg
+            .address
+            .as_ref()
+            .and_then(storage_to_socket_addr)
+            .ok_or_else(|| io::Error::other("datagram without a source address"))?;
+        Ok(Received { len, segment, from })
     }
 
     /// Sends one datagram to `to` (a canonical address).
@@ -147,6 +267,21 @@ impl BoundSocket {
         })?;
         self.sock.send_to(bytes, dest)
     }
+}
+
+/// Control-message space for [`BoundSocket::recv_batch`]: one `UDP_GRO`
+/// segment size.
+pub fn recv_cmsg_space() -> Vec<u8> {
+    // The kernel reports the segment size as a C int.
+    nix::cmsg_space!(i32)
+}
+
+fn storage_to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+    }
+    s.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
 }
 
 impl SocketSlot {
@@ -212,6 +347,35 @@ mod tests {
                 .expect("timeout");
             let (n, _) = sender.recv_from(&mut buf).expect("reply arrives");
             assert_eq!(&buf[..n], b"back");
+        }
+    }
+
+    /// A GSO send of a run of datagrams arrives as exactly those datagrams,
+    /// whether the receiver gets them coalesced (GRO) or one by one; for
+    /// IPv4 (mapped) and IPv6 alike.
+    #[test]
+    fn gso_runs_arrive_as_the_datagrams_sent() {
+        let rx = BoundSocket::new(bind_socket(0, 0).expect("bind")).expect("local addr");
+        rx.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let tx = BoundSocket::new(bind_socket(0, 0).expect("bind")).expect("local addr");
+        let mut buf = vec![0u8; 65536];
+        let mut cmsg = recv_cmsg_space();
+        for to in ["127.0.0.1", "::1"] {
+            let to = SocketAddr::new(to.parse().expect("ip"), rx.port);
+            // Five of 100 bytes and a shorter last one, each numbered.
+            let sent: Vec<Vec<u8>> = (0u8..6)
+                .map(|i| vec![i; if i == 5 { 40 } else { 100 }])
+                .collect();
+            tx.send_segments(&sent.concat(), 100, to).expect("send");
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            while got.len() < sent.len() {
+                let r = rx.recv_batch(&mut buf, &mut cmsg).expect("recv");
+                assert_eq!(canonical(r.from).port(), tx.port);
+                got.extend(buf[..r.len].chunks(r.segment).map(<[u8]>::to_vec));
+            }
+            assert_eq!(got, sent);
         }
     }
 
