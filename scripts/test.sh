@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need (Debian, as root),
-# then runs rustfmt, clippy and the whole test suite, and checks that no
-# wgm-* network namespace is left behind by the lab tests.
+# then runs rustfmt, clippy and the whole test suite, and then checks that
+# the tests left nothing behind (crates/wgmesh/tests/zz_no_leaks.rs).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -87,6 +87,9 @@ pub struct Lab {
     log_dir: PathBuf,
     keep_logs: bool,
     next_port: u32,
+    /// Files removed when the lab goes, whatever killed their owner (a
+    /// SIGKILLed wireguard-go leaves its UAPI socket behind).
+    cleanup_files: Vec<PathBuf>,
     /// Each host's link impairment (impair.rs).
     pub(crate) impairments: std::collections::BTreeMap<String, crate::impair::Impairment>,
 }
@@ -103,7 +106,11 @@ impl Lab {
     pub fn for_test(test: &str) -> Option<Self> {
         match Self::new() {
             Ok(lab) => Some(lab),
-            Err(e) if std::env::var("WGMESH_SKIP_LAB").as_deref() == Ok("1") => {
+            // Only a missing precondition may be skipped; any other failure
+            // is a real one.
+            Err(e @ LabError::Unavailable(_))
+                if std::env::var("WGMESH_SKIP_LAB").as_deref() == Ok("1") =>
+            {
                 println!("SKIP {test}: {e} (WGMESH_SKIP_LAB=1)");
                 None
             }
@@ -125,11 +132,16 @@ impl Lab {
                 id.as_str()
             )));
         }
-        let log_dir = std::env::temp_dir().join(format!("wgmesh-lab-{}", id.as_str()));
-        std::fs::create_dir_all(&log_dir).map_err(|source| LabError::Io {
-            path: log_dir.clone(),
-            source,
-        })?;
+        // A fresh directory only we can enter (0700, unpredictable name):
+        // stripped configs with private keys pass through it.
+        let log_dir = tempfile::Builder::new()
+            .prefix(&format!("wgmesh-lab-{}-", id.as_str()))
+            .tempdir()
+            .map_err(|source| LabError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?
+            .keep();
         Ok(Self {
             processes: Vec::new(),
             hosts: Vec::new(),
@@ -139,6 +151,7 @@ impl Lab {
             log_dir,
             keep_logs: false,
             next_port: 0,
+            cleanup_files: Vec::new(),
             impairments: Default::default(),
         })
     }
@@ -450,6 +463,11 @@ impl Lab {
         out
     }
 
+    /// Removes `path` (if it still exists) when the lab is dropped.
+    pub fn remove_on_drop(&mut self, path: PathBuf) {
+        self.cleanup_files.push(path);
+    }
+
     /// Keeps the log directory after the lab is dropped.
     pub fn keep_logs(&mut self) {
         self.keep_logs = true;
@@ -475,6 +493,8 @@ impl Lab {
                     "{host} → {to}: no ping reply within {timeout:?}"
                 )));
             }
+            // An unreachable destination fails at once: don't spin.
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -493,7 +513,11 @@ impl Lab {
         let detached = Detached {
             id: self.id.as_str().to_owned(),
             namespaces: self.namespaces(),
-            pids: self.processes.iter().map(LabProcess::pid).collect(),
+            pids: self
+                .processes
+                .iter()
+                .filter_map(|p| Some((p.pid(), crate::process::start_time(p.pid())?)))
+                .collect(),
             hosts: self
                 .hosts
                 .iter()
@@ -511,6 +535,7 @@ impl Lab {
             std::mem::forget(s);
         }
         self.keep_logs = true;
+        self.cleanup_files.clear();
         detached
     }
 }
@@ -520,7 +545,9 @@ impl Lab {
 pub struct Detached {
     pub id: String,
     pub namespaces: Vec<String>,
-    pub pids: Vec<u32>,
+    /// (PID, start time in clock ticks since boot): `lab down` kills a PID
+    /// only if it is still the process that was recorded.
+    pub pids: Vec<(u32, u64)>,
     /// (host name, namespace)
     pub hosts: Vec<(String, String)>,
     pub log_dir: PathBuf,
@@ -541,10 +568,23 @@ impl Detached {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // A failing test's evidence: print every log, and keep them.
+        if std::thread::panicking() && !self.processes.is_empty() {
+            eprintln!(
+                "lab {} dropped while panicking; logs kept in {}:\n{}",
+                self.id.as_str(),
+                self.log_dir.display(),
+                self.logs()
+            );
+            self.keep_logs = true;
+        }
         // Processes first (by PID), then namespaces, which takes their links.
         self.processes.clear();
         self.hosts.clear();
         self.switch = None;
+        for f in &self.cleanup_files {
+            let _ = std::fs::remove_file(f);
+        }
         if !self.keep_logs {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         }

@@ -9,7 +9,7 @@
 //! wgmesh-core's planner, and [`wgnode`] brings one up on wireguard-go.
 //!
 //! Everything here shells out to iproute2, nftables and tc, so it needs root.
-//! Every namespace the lab makes is named `wgl-<lab id>-<host>`; that prefix
+//! Every namespace the lab makes is named `wgl-<lab id>.<host>`; that prefix
 //! is how [`clean`] finds what a crashed run left behind, and nothing else.
 
 mod command;

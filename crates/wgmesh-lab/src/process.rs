@@ -97,3 +97,12 @@ impl Drop for LabProcess {
         self.kill();
     }
 }
+
+/// A process's start time (clock ticks since boot, /proc/PID/stat field
+/// 22): with the PID, it names one process even after PIDs are reused.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}

@@ -93,8 +93,11 @@ fn kill(pid: u32) {
 /// Takes a detached lab down: its processes (by PID), its namespaces (and
 /// whatever still runs in them), its record and its logs.
 pub fn down(lab: &Detached) -> Result<(), LabError> {
-    for &pid in &lab.pids {
-        kill(pid);
+    for &(pid, started) in &lab.pids {
+        // Only if the PID still names the process the lab recorded.
+        if crate::process::start_time(pid) == Some(started) {
+            kill(pid);
+        }
     }
     // Every namespace of the lab, also those a half-finished `lab up` made
     // before it could record them.

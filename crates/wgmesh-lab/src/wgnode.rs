@@ -5,11 +5,10 @@
 //! plane: PreUp, create the interface (`wireguard-go -f`), `wg setconf` with
 //! the stripped file, addresses, MTU, link up, a route for every AllowedIPs
 //! prefix, PostUp (with `%i` replaced by the interface name, run by bash as
-//! wg-quick does). The stripped file holds the private key, so it is written
-//! 0600 into the lab's log directory, which the lab removes.
+//! wg-quick does). The stripped file holds the private key, so it goes to
+//! `wg setconf` on a pipe, never into a file.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -52,29 +51,9 @@ pub fn up(lab: &mut Lab, host: &str, iface: &str, conf: &str) -> Result<WgNode, 
     lab.spawn(host, &label, &["wireguard-go", "-f", iface])?;
     wait_for_uapi(lab, host, iface, &label)?;
 
-    let stripped = lab.log_dir().join(format!("{iface}.stripped.conf"));
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&stripped)
-            .map_err(|source| LabError::Io {
-                path: stripped.clone(),
-                source,
-            })?;
-        f.write_all(wgquick::render_stripped(&config).as_bytes())
-            .map_err(|source| LabError::Io {
-                path: stripped.clone(),
-                source,
-            })?;
-    }
-    let path = stripped.to_string_lossy().into_owned();
-    let setconf = lab.exec(host, &["wg", "setconf", iface, &path]);
-    let _ = std::fs::remove_file(&stripped);
-    setconf?;
+    // wireguard-go leaves its socket behind when killed; the lab removes it.
+    lab.remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
+    setconf(lab, host, iface, &config)?;
 
     let ns = lab.host(host)?;
     for addr in &config.interface.addresses {
@@ -117,6 +96,45 @@ pub fn up(lab: &mut Lab, host: &str, iface: &str, conf: &str) -> Result<WgNode, 
         process: label,
         config,
     })
+}
+
+/// `wg setconf IFACE /dev/stdin`, the stripped file on a pipe: the private
+/// key is never written to a file.
+fn setconf(lab: &Lab, host: &str, iface: &str, config: &Config) -> Result<(), LabError> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let text = zeroize::Zeroizing::new(wgquick::render_stripped(config));
+    let command = format!("wg setconf {iface} /dev/stdin (in {host})");
+    let spawn_err = |source| LabError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = lab
+        .host(host)?
+        .netns
+        .command("wg")
+        .args(["setconf", iface, "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    child
+        .stdin
+        .take()
+        .expect("stdin was piped above")
+        .write_all(text.as_bytes())
+        .map_err(spawn_err)?;
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
 }
 
 /// Waits until `wg show IFACE` answers, or fails with wireguard-go's output.

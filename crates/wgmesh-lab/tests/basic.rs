@@ -28,7 +28,13 @@ fn public_and_natted_hosts_reach_the_internet() {
         .expect("nyc → lax across TEST-NETs");
     lab.ping_until("lab", "203.0.113.10".parse().expect("ip"), t)
         .expect("lab → nyc through NAT");
-    // Nothing on the internet can reach into the LAN.
+    // Nothing on the internet can reach into the LAN, even with a route to
+    // it through the router: the router's filter stops it, not a missing route.
+    lab.exec(
+        "nyc",
+        &["ip", "route", "add", "10.1.0.0/24", "via", "192.0.2.100"],
+    )
+    .expect("route to the LAN via home's WAN");
     let out = lab
         .exec("nyc", &["ping", "-c", "1", "-W", "1", "10.1.0.2"])
         .expect_err("the LAN is private");

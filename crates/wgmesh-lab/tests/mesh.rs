@@ -256,6 +256,22 @@ fn naive_seed_configs_fail_lax_to_lab() {
     let nyc_addr: IpAddr = "10.10.0.1".parse().expect("ip");
     lab.ping_until("nyc", lab_addr, FIRST_PING)
         .expect("nyc → lab");
+    // Positive control: once lab has talked to lax, lax → lab works (over
+    // the mapping lab's packets opened in the home NAT).
+    lab.ping_until("lab", "10.10.0.2".parse().expect("ip"), FIRST_PING)
+        .expect("lab → lax");
+    lab.ping_until("lax", lab_addr, FIRST_PING)
+        .expect("lax → lab while the mapping lives");
+    let mapped = lab
+        .exec(
+            "home",
+            &["conntrack", "-L", "-p", "udp", "-d", "203.0.113.20"],
+        )
+        .expect("conntrack -L");
+    assert!(
+        !String::from_utf8_lossy(&mapped.stdout).trim().is_empty(),
+        "the home router holds a mapping lab → lax"
+    );
 
     // Wait, without touching the path, until the home router has forgotten
     // the mapping lab opened towards lax (lab's passive keepalive may renew

@@ -37,12 +37,29 @@ fn nothing_survives_the_suite() {
         }
     }
 
+    // Any socket nobody answers on is a leftover (a killed wireguard-go or
+    // wgmesh never removed it), whatever its name.
     if let Ok(entries) = fs::read_dir("/var/run/wireguard") {
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            // Lab interfaces are wg<pid>-<n>x<k> / wgm<…>: a dash or the wgm prefix.
-            if name.starts_with("wgm") || (name.starts_with("wg") && name.contains('-')) {
-                leaks.push(format!("wireguard-go socket /var/run/wireguard/{name}"));
+            let path = e.path();
+            if let Err(err) = std::os::unix::net::UnixStream::connect(&path) {
+                leaks.push(format!("dead UAPI socket {} ({err})", path.display()));
+            }
+        }
+    }
+
+    // The lab's log directories (stripped configs went through them) and
+    // records of detached labs.
+    for (dir, prefix) in [
+        (std::env::temp_dir(), "wgmesh-lab-"),
+        ("/run/wgmesh-lab".into(), ""),
+    ] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(prefix) {
+                    leaks.push(format!("{}", e.path().display()));
+                }
             }
         }
     }
