@@ -20,6 +20,9 @@ pub enum DataplaneError {
     /// Something else already serves this interface.
     #[error("{what}")]
     InUse { what: String },
+    /// The UAPI socket directory is not safe to put a socket in.
+    #[error("{}: refusing to use it: {why}", path.display())]
+    UnsafeDir { path: PathBuf, why: String },
     /// An external command (`ip`, a hook) failed.
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },

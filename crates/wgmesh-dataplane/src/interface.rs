@@ -155,15 +155,21 @@ struct Shared {
 
 impl Shared {
     fn device(&self) -> MutexGuard<'_, Device> {
-        // A panic in one packet's handling must not stop the interface.
+        // Poisoned only by a thread that panicked holding it, which
+        // `supervised` has already reported as fatal: the interface is on
+        // its way down. Until then the others (a UAPI `get`, the teardown)
+        // still use the device rather than panic in turn.
         self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reports the first reason the interface cannot go on (later ones
+    /// are consequences of it) to the owner, which tears it down.
     fn fatal(&self, why: &str) {
+        if self.fatal_sent.swap(true, Ordering::AcqRel) {
+            return;
+        }
         eprintln!("wgmesh: {}: {why}", self.name);
-        if !self.fatal_sent.swap(true, Ordering::AcqRel)
-            && let Some(f) = &self.on_fatal
-        {
+        if let Some(f) = &self.on_fatal {
             f(why);
         }
     }
@@ -411,7 +417,7 @@ impl Interface {
         let name = config.name.clone();
         // Refuse before touching anything if another process serves it.
         let uapi_path = uapi_server::socket_path(&config.uapi_dir, &name);
-        if std::os::unix::net::UnixStream::connect(&uapi_path).is_ok() {
+        if uapi_server::is_up(&uapi_path) {
             return Err(DataplaneError::InUse {
                 what: format!("{name} is up already ({} answers)", uapi_path.display()),
             });
@@ -483,21 +489,36 @@ impl Interface {
         {
             let (s, t, w) = (Arc::clone(&shared), Arc::clone(&tun), Arc::clone(&tun_wake));
             let mtu = usize::from(config.mtu);
-            iface
-                .threads
-                .push(spawn("tun", Box::new(move || tun_loop(&s, &t, &w, mtu)))?);
+            iface.threads.push(spawn(
+                "tun",
+                Box::new(move || {
+                    supervised("TUN reader", &s.stop, &|why| s.fatal(why), || {
+                        tun_loop(&s, &t, &w, mtu);
+                    });
+                }),
+            )?);
         }
         {
             let (s, t) = (Arc::clone(&shared), Arc::clone(&tun));
-            iface
-                .threads
-                .push(spawn("udp", Box::new(move || udp_loop(&s, &t)))?);
+            iface.threads.push(spawn(
+                "udp",
+                Box::new(move || {
+                    supervised("UDP reader", &s.stop, &|why| s.fatal(why), || {
+                        udp_loop(&s, &t);
+                    });
+                }),
+            )?);
         }
         {
             let (s, t) = (Arc::clone(&shared), Arc::clone(&tun));
-            iface
-                .threads
-                .push(spawn("timers", Box::new(move || timer_loop(&s, &t)))?);
+            iface.threads.push(spawn(
+                "timers",
+                Box::new(move || {
+                    supervised("timer", &s.stop, &|why| s.fatal(why), || {
+                        timer_loop(&s, &t);
+                    });
+                }),
+            )?);
         }
         let handler: Arc<dyn UapiHandler> = shared;
         iface.uapi = Some(UapiServer::start(&config.uapi_dir, &name, handler)?);
@@ -559,6 +580,32 @@ impl Interface {
 impl Drop for Interface {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs one of the interface's loops. Each is needed (no TUN reader: no
+/// outgoing packets; no UDP reader: no incoming ones; no timers: no
+/// handshakes), so one that ends before `stop` is set, by an error it
+/// cannot go on from or by a panic, is fatal: the owner is told and takes
+/// the whole interface down (`wgmesh wg up` exits non-zero), rather than
+/// leave it up and half-dead.
+fn supervised(label: &str, stop: &AtomicBool, fatal: &dyn Fn(&str), body: impl FnOnce()) {
+    // Unwind safety: after a panic nothing of this thread's state is used
+    // again, and the shared device is only used on the way down.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    if stop.load(Ordering::Acquire) {
+        return;
+    }
+    match result {
+        Ok(()) => fatal(&format!("the {label} thread ended")),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".to_owned());
+            fatal(&format!("the {label} thread panicked: {what}"));
+        }
     }
 }
 
@@ -686,5 +733,40 @@ fn timer_loop(shared: &Shared, tun: &SyncDevice) {
         if !out.is_empty() {
             writer.flush(shared, &mut out, &shared.udp.get(), tun);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stop: bool, body: impl FnOnce()) -> Vec<String> {
+        let flag = AtomicBool::new(stop);
+        let got = Mutex::new(Vec::new());
+        supervised(
+            "test",
+            &flag,
+            &|why| got.lock().expect("not poisoned").push(why.to_owned()),
+            body,
+        );
+        got.into_inner().expect("not poisoned")
+    }
+
+    /// A loop that panics or ends on its own is reported as fatal (the
+    /// owner then takes the interface down); one that ends because the
+    /// interface is stopping is not.
+    #[test]
+    fn a_loop_that_dies_is_fatal() {
+        assert_eq!(
+            run(false, || panic!("boom")),
+            ["the test thread panicked: boom"]
+        );
+        let n = 7;
+        assert_eq!(
+            run(false, || panic!("boom {n}")),
+            ["the test thread panicked: boom 7"]
+        );
+        assert_eq!(run(false, || {}), ["the test thread ended"]);
+        assert!(run(true, || {}).is_empty());
     }
 }

@@ -2,14 +2,17 @@
 //! userspace interface (https://www.wireguard.com/xplatform/).
 //!
 //! This module owns the socket file and the connections: it creates the
-//! socket as wireguard-go does (directory 0755, socket 0700 through a umask
-//! of 077, so only root talks to it), refuses to take over a socket that
-//! answers, removes a stale one, serves each connection on its own thread,
-//! and removes the socket when stopped. What a request means is the
-//! [`UapiHandler`]'s business; this module only frames bytes.
+//! socket as wireguard-go does (directory 0755, socket 0700, so only root
+//! talks to it), refuses to take over a socket that answers, removes a
+//! stale one (nobody listening: ECONNREFUSED) and nothing else, serves each
+//! connection on its own thread, and removes the socket when stopped. What
+//! a request means is the [`UapiHandler`]'s business; this module only
+//! frames bytes.
 
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
+};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::stat::{Mode, umask};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, setsockopt, socket, sockopt,
+};
+use nix::sys::stat::{Mode, fchmod};
+use nix::sys::time::{TimeVal, TimeValLike as _};
+use wgmesh_proto::uapi::MAX_REQUEST_LEN;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::DataplaneError;
@@ -25,12 +33,15 @@ use crate::DataplaneError;
 /// Where wg(8) looks for userspace interfaces.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
-/// A request larger than this is refused: a `set` for a thousand peers is
-/// a few hundred kilobytes.
-pub const MAX_REQUEST: usize = 16 << 20;
-
-/// errno for a request over [`MAX_REQUEST`].
+/// errno for a request over [`MAX_REQUEST_LEN`] (a backstop: the parser
+/// already refuses one that long).
 const EMSGSIZE: i32 = 90;
+
+/// How long the accept thread blocks before looking at its stop flag.
+/// Stopping must not depend on the socket path still reaching the
+/// listener (someone may have removed the file), so the thread wakes by
+/// itself: SO_RCVTIMEO bounds accept(2) on Linux (socket(7)).
+const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
 /// What the bytes read so far on a connection amount to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,15 +89,10 @@ impl UapiServer {
             let path = path.to_owned();
             move |source| DataplaneError::Io { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        prepare_dir(dir)?;
         let path = socket_path(dir, iface);
         remove_if_stale(&path)?;
-        // wireguard-go's UAPIOpen: umask 077 around the bind, so that the
-        // socket is never reachable by others, not even for a moment.
-        let old = umask(Mode::from_bits_truncate(0o077));
-        let bound = UnixListener::bind(&path);
-        umask(old);
-        let listener = bound.map_err(io_err(&path))?;
+        let listener = bind_private(&path).map_err(io_err(&path))?;
         let ino = std::fs::metadata(&path).map_err(io_err(&path))?.ino();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -110,13 +116,13 @@ impl UapiServer {
 
     /// Stops accepting and removes the socket file (if it is still ours).
     /// Connections being served end with the process or their client.
+    /// Returns within about [`ACCEPT_POLL`], whether or not the socket
+    /// file is still there.
     pub fn stop(&mut self) {
         let Some(thread) = self.thread.take() else {
             return;
         };
         self.stop.store(true, Ordering::Release);
-        // Wake the blocked accept(2) with a connection of our own.
-        let _ = UnixStream::connect(&self.path);
         let _ = thread.join();
         if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = std::fs::remove_file(&self.path);
@@ -130,8 +136,111 @@ impl Drop for UapiServer {
     }
 }
 
-/// A socket file that nobody answers on is left from a crash: remove it.
-/// One that answers belongs to a running interface: refuse.
+/// What connecting to a UAPI socket path says about it.
+#[derive(Debug)]
+pub enum Probe {
+    /// Something accepts connections there: the interface is up.
+    Answers,
+    /// No such file.
+    Absent,
+    /// A socket file nobody listens on (ECONNREFUSED): left from a crash.
+    Stale,
+    /// Connecting failed otherwise (EACCES, ENOTSOCK, ...): unknown.
+    Failed(io::Error),
+}
+
+/// Whether an interface is up, by connecting to its UAPI socket and
+/// closing at once. A `get=1` would tell the same, but its reply carries
+/// the private key (wireguard.com/xplatform): a probe should not pull it.
+pub fn probe(path: &Path) -> Probe {
+    match UnixStream::connect(path) {
+        Ok(_) => Probe::Answers,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Probe::Absent,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Probe::Stale,
+        Err(e) => Probe::Failed(e),
+    }
+}
+
+/// [`probe`] says [`Probe::Answers`].
+pub fn is_up(path: &Path) -> bool {
+    matches!(probe(path), Probe::Answers)
+}
+
+/// Creates the socket directory if need be, 0755 as wireguard-go's
+/// `os.MkdirAll(socketDirectory, 0755)`, and refuses one that others could
+/// plant a socket in: it must belong to root or to us and not be group- or
+/// world-writable.
+fn prepare_dir(dir: &Path) -> Result<(), DataplaneError> {
+    let io_err = |source| DataplaneError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    if !dir.exists() {
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+        {
+            // mkdir(2) masks the mode with the umask: set it for real.
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    let meta = std::fs::metadata(dir).map_err(io_err)?;
+    let why = if !meta.is_dir() {
+        Some("not a directory".to_owned())
+    } else if meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw() {
+        Some(format!("owned by uid {}, not root or us", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "mode {:o} lets others write to it",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(DataplaneError::UnsafeDir {
+            path: dir.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Binds a listening socket at `path` that only its owner can connect to
+/// (connect(2) on a Unix socket needs write permission on its file, unix(7)).
+///
+/// wireguard-go sets a process-wide umask of 077 around its bind, which
+/// races every other thread creating files meanwhile. Instead: Linux gives
+/// the socket file the mode of the socket's inode less the umask
+/// (net/unix/af_unix.c, `unix_bind`), so an fchmod(2) of the socket to
+/// 0700 before bind(2) makes the file 0700 from its first moment; the
+/// chmod after is for a umask that took owner bits away.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    fchmod(&fd, Mode::from_bits_truncate(0o700))?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    listen(&fd, Backlog::MAXCONN)?;
+    // accept(2) gives up after ACCEPT_POLL so that `stop` never waits on it.
+    let poll = TimeVal::microseconds(
+        i64::try_from(ACCEPT_POLL.as_micros()).expect("ACCEPT_POLL is small"),
+    );
+    setsockopt(&fd, sockopt::ReceiveTimeout, &poll)?;
+    Ok(UnixListener::from(fd))
+}
+
+/// A socket file that nobody listens on (ECONNREFUSED) is left from a
+/// crash: remove it. One that answers belongs to a running interface, and
+/// one we cannot tell about (EACCES, ...) may: refuse both.
 fn remove_if_stale(path: &Path) -> Result<(), DataplaneError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -148,27 +257,42 @@ fn remove_if_stale(path: &Path) -> Result<(), DataplaneError> {
             what: format!("{} exists and is not a socket", path.display()),
         });
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(DataplaneError::InUse {
+    match probe(path) {
+        Probe::Answers => Err(DataplaneError::InUse {
             what: format!(
                 "{} answers: the interface is served by another process",
                 path.display()
             ),
         }),
-        Err(_) => std::fs::remove_file(path).map_err(|source| DataplaneError::Io {
+        // Gone since we looked: nothing to remove.
+        Probe::Absent => Ok(()),
+        Probe::Stale => std::fs::remove_file(path).map_err(|source| DataplaneError::Io {
             path: path.to_owned(),
             source,
+        }),
+        Probe::Failed(e) => Err(DataplaneError::InUse {
+            what: format!(
+                "{} exists and connecting to it failed ({e}); not removing it",
+                path.display()
+            ),
         }),
     }
 }
 
 fn accept_loop(listener: &UnixListener, stop: &AtomicBool, handler: &Arc<dyn UapiHandler>) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
-        let conn = match conn {
-            Ok(c) => c,
+    while !stop.load(Ordering::Acquire) {
+        let conn = match listener.accept() {
+            // A connection does not inherit the listener's SO_RCVTIMEO.
+            Ok((c, _)) => c,
+            // ACCEPT_POLL passed without a connection.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 eprintln!("uapi: accept: {e}");
                 // EMFILE and friends: do not spin.
@@ -221,7 +345,7 @@ fn serve(mut conn: UnixStream, handler: &dyn UapiHandler) -> io::Result<()> {
                 }
             }
         }
-        if buf.len() > MAX_REQUEST {
+        if buf.len() > MAX_REQUEST_LEN {
             conn.write_all(handler.errno_reply(EMSGSIZE).as_bytes())?;
             return Ok(());
         }
@@ -300,7 +424,6 @@ pub fn reply_errno(reply: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     /// Answers `ping\n` with `pong\nerrno=0\n\n`, refuses anything that
     /// does not start with `p`.
@@ -394,6 +517,55 @@ mod tests {
         let err = UapiServer::start(dir.path(), "wgt1", Arc::new(Echo)).expect_err("a file");
         assert!(matches!(err, DataplaneError::InUse { .. }), "{err}");
         assert!(path.exists(), "a regular file is never removed");
+    }
+
+    /// The socket file removed from under a running server (an admin's
+    /// `rm`, a racing cleanup): stopping still returns promptly.
+    #[test]
+    fn stop_returns_when_the_socket_file_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = UapiServer::start(dir.path(), "wgt2", Arc::new(Echo)).expect("start");
+        std::fs::remove_file(server.path()).expect("rm");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            server.stop();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(T).expect("stop returned");
+    }
+
+    /// Only ECONNREFUSED means stale. A socket file that refuses us
+    /// otherwise (here a datagram socket: EPROTOTYPE) is left alone.
+    #[test]
+    fn only_a_refusing_socket_is_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = socket_path(dir.path(), "wgt3");
+        let _dgram = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        assert!(matches!(probe(&path), Probe::Failed(_)));
+        let err = UapiServer::start(dir.path(), "wgt3", Arc::new(Echo)).expect_err("unknown");
+        assert!(matches!(err, DataplaneError::InUse { .. }), "{err}");
+        assert!(path.exists(), "not removed");
+        assert!(matches!(
+            probe(&dir.path().join("none.sock")),
+            Probe::Absent
+        ));
+    }
+
+    #[test]
+    fn the_directory_is_made_0755_and_must_be_ours_and_private() {
+        let top = tempfile::tempdir().expect("tempdir");
+        let dir = top.path().join("run").join("wireguard");
+        let mut server = UapiServer::start(&dir, "wgt4", Arc::new(Echo)).expect("start");
+        let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        assert!(is_up(server.path()));
+        server.stop();
+        assert!(!is_up(&socket_path(&dir, "wgt4")));
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = UapiServer::start(&dir, "wgt4", Arc::new(Echo)).expect_err("world-writable");
+        assert!(matches!(err, DataplaneError::UnsafeDir { .. }), "{err}");
+        assert!(!socket_path(&dir, "wgt4").exists());
     }
 
     #[test]

@@ -77,7 +77,11 @@ pub fn bind_socket(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
     // datagram, which `recv_batch` handles the same way.
     let _ = setsockopt(&fd, sockopt::UdpGroSegment, &true);
     let sock = UdpSocket::from(fd);
-    set_fwmark(&sock, fwmark)?;
+    // A new socket has no mark; setting SO_MARK at all needs CAP_NET_ADMIN,
+    // so 0 is left alone, as wireguard-go does (conn/mark_unix.go).
+    if fwmark != 0 {
+        set_fwmark(&sock, fwmark)?;
+    }
     Ok(sock)
 }
 
@@ -95,9 +99,15 @@ fn bind_v4(port: u16) -> io::Result<std::os::fd::OwnedFd> {
 
 /// SO_MARK: the device's `fwmark`, which policy routing (wg-quick's
 /// `not fwmark` rule) uses to keep the tunnel's own packets out of it.
-/// 0 clears it.
+/// 0 clears it. Needs CAP_NET_ADMIN (socket(7)), even for 0.
 pub fn set_fwmark(sock: &UdpSocket, fwmark: u32) -> io::Result<()> {
-    setsockopt(sock, sockopt::Mark, &fwmark).map_err(io::Error::from)
+    setsockopt(sock, sockopt::Mark, &fwmark).map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(
+            e.kind(),
+            format!("cannot set SO_MARK to {fwmark:#x} (needs CAP_NET_ADMIN): {e}"),
+        )
+    })
 }
 
 /// An IPv4-mapped IPv6 address as plain IPv4; anything else unchanged.
@@ -377,6 +387,43 @@ mod tests {
             }
             assert_eq!(got, sent);
         }
+    }
+
+    /// Without CAP_NET_ADMIN: binding with fwmark 0 works (no SO_MARK is
+    /// set), and a non-zero fwmark fails with an error saying SO_MARK.
+    /// Run as an unprivileged user by `unprivileged_binds`.
+    #[test]
+    #[ignore = "run as nobody by unprivileged_binds"]
+    fn unprivileged_binds_inner() {
+        assert!(!nix::unistd::geteuid().is_root(), "run me unprivileged");
+        let sock = bind_socket(0, 0).expect("fwmark 0 needs no privilege");
+        assert_ne!(sock.local_addr().expect("addr").port(), 0);
+        let err = bind_socket(0, 0x10).expect_err("SO_MARK needs CAP_NET_ADMIN");
+        assert!(err.to_string().contains("SO_MARK"), "{err}");
+    }
+
+    #[test]
+    fn unprivileged_binds() {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([
+            "--exact",
+            "udp::tests::unprivileged_binds_inner",
+            "--ignored",
+            "--nocapture",
+        ]);
+        if nix::unistd::geteuid().is_root() {
+            // nobody: the test binary under target/ is world-executable.
+            // std drops the supplementary groups with the uid.
+            cmd.uid(65534).gid(65534);
+        }
+        let out = cmd.output().expect("run the inner test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

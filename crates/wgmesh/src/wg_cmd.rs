@@ -96,7 +96,7 @@ pub fn up(file: &Path, name: Option<&str>, foreground: bool) -> Result<()> {
         );
     }
     let config = wgquick::parse(&text).with_context(|| format!("{}", file.display()))?;
-    if uapi_server::request(&uapi_path(&iface), b"get=1\n\n", Duration::from_secs(2)).is_ok() {
+    if uapi_server::is_up(&uapi_path(&iface)) {
         bail!(
             "{iface} is up already ({} answers)",
             uapi_path(&iface).display()
@@ -149,9 +149,7 @@ fn start_background(file: &Path, iface: &str) -> Result<()> {
             );
         }
         let recorded = read_pid(iface).is_some_and(|pid| pid == child.id());
-        if recorded
-            && uapi_server::request(&uapi_path(iface), b"get=1\n\n", Duration::from_secs(2)).is_ok()
-        {
+        if recorded && uapi_server::is_up(&uapi_path(iface)) {
             println!("{iface}");
             return Ok(());
         }
@@ -419,7 +417,7 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
 pub fn down(iface: &str) -> Result<()> {
     check_iface_name(iface)?;
     let Some(pid) = read_pid(iface) else {
-        if uapi_server::request(&uapi_path(iface), b"get=1\n\n", Duration::from_secs(2)).is_ok() {
+        if uapi_server::is_up(&uapi_path(iface)) {
             bail!(
                 "{iface} is up but not served by wgmesh (no {}); stop the process that serves it",
                 pid_path(iface).display()
