@@ -954,3 +954,101 @@ fn roaming_peer_moves_mid_transfer() {
     );
     println!("roamed: {}", received.trim());
 }
+
+/// The other corner of the bulk-transfer matrix from
+/// [`tcp_100mb_each_way_checksums_match`] (wgmesh initiates, PSK on, IPv4):
+/// wireguard-go initiates, there is no preshared key, and the TCP streams
+/// run between the IPv6 overlay addresses. 100 MB each way, compared by
+/// SHA-256.
+#[test]
+fn tcp_100mb_wireguard_go_initiates_no_psk_over_ipv6() {
+    const SIZE: u64 = 100_000_000;
+    let Some(mut p) = pair(
+        "tcp_100mb_wireguard_go_initiates_no_psk_over_ipv6",
+        false,
+        Initiator::WireguardGo,
+        "",
+    ) else {
+        return;
+    };
+    let tool = Path::new(WGMESH).with_file_name("wgl-udp");
+    assert!(
+        tool.is_file(),
+        "{} is missing: `cargo build -p wgmesh-lab --bin wgl-udp` (cargo test --workspace builds it)",
+        tool.display()
+    );
+    let tool = tool.to_string_lossy().into_owned();
+    // Only wireguard-go knows an endpoint, so this ping is its handshake.
+    p.ping("b", A_V6);
+    let endpoints = p.exec("a", &["wg", "show", &p.a_iface, "endpoints"]);
+    assert!(
+        endpoints.contains(B_ADDR),
+        "wgmesh learnt no endpoint from wireguard-go's handshake: {endpoints}"
+    );
+    let dir = p.lab.log_dir().to_owned();
+    let src = dir.join("random6.bin");
+    {
+        let mut f = std::fs::File::create(&src).expect("create");
+        let mut rnd = std::fs::File::open("/dev/urandom").expect("urandom");
+        let n = std::io::copy(&mut (&mut rnd).take(SIZE), &mut f).expect("fill");
+        assert_eq!(n, SIZE);
+    }
+    let sha = |path: &Path| -> String {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_owned()
+    };
+    let want = sha(&src);
+    for (from, to, to_ip, label) in [
+        ("b", "a", A_V6, "wireguard-go→wgmesh (v6)"),
+        ("a", "b", B_V6, "wgmesh→wireguard-go (v6)"),
+    ] {
+        let out = dir.join(format!("received6-{to}.bin"));
+        let sink_label = format!("sink6-{to}");
+        let bind = format!("[{to_ip}]:5001");
+        let out_s = out.to_string_lossy().into_owned();
+        p.lab
+            .spawn(
+                to,
+                &sink_label,
+                &[tool.as_str(), "tcp-sink", "--bind", &bind, "--out", &out_s],
+            )
+            .expect("sink");
+        wait_for_log(&mut p.lab, &sink_label, "ready");
+        let start = Instant::now();
+        let sent = p.exec(
+            from,
+            &[
+                &tool,
+                "tcp-source",
+                "--to",
+                &bind,
+                "--file",
+                &src.to_string_lossy(),
+            ],
+        );
+        let received = wait_for_log(&mut p.lab, &sink_label, "received ");
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{label}: 100 MB in {secs:.2} s ({:.0} Mbit/s); {}; {}",
+            800.0 / secs,
+            sent.trim(),
+            received.trim()
+        );
+        assert!(
+            received.contains(&format!("received {SIZE} bytes")),
+            "{received}"
+        );
+        assert_eq!(sha(&out), want, "{label}: checksum");
+        let _ = std::fs::remove_file(&out);
+    }
+    let _ = std::fs::remove_file(&src);
+    let dump = p.exec("a", &["wg", "show", &p.a_iface, "transfer"]);
+    println!("wgmesh transfer counters: {}", dump.trim());
+}
