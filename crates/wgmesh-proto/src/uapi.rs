@@ -27,7 +27,8 @@ pub struct SetCommand {
     pub listen_port: Option<u16>,
     /// `fwmark=`: `Some(0)` removes it.
     pub fwmark: Option<u32>,
-    /// `replace_peers=true`: remove every peer not named below first.
+    /// `replace_peers=true`: remove every existing peer first, including those
+    /// named below, which are then made afresh (as the kernel and wireguard-go do).
     pub replace_peers: bool,
     pub peers: Vec<PeerChange>,
 }
