@@ -9,12 +9,12 @@
 //! in the router's namespace, the router at .1 of the LAN prefix and its
 //! hosts after it, with a default route through the router.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::command::run_args;
@@ -24,6 +24,10 @@ use crate::{LabError, LabProcess, Netns};
 
 /// The RFC 5737 documentation prefixes: the lab's "public" addresses.
 pub const TEST_NETS: [&str; 3] = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"];
+
+/// The RFC 3849 documentation prefix: the lab's optional public IPv6
+/// addresses. Like the TEST-NETs it is on-link on the internet segment.
+pub const DOC_NET6: &str = "2001:db8::/32";
 
 /// The name of the internet switch's namespace within a lab.
 const SWITCH: &str = "inet";
@@ -307,6 +311,81 @@ impl Lab {
             uplink: "eth0".into(),
         });
         Ok(self.hosts.last().expect("pushed just above"))
+    }
+
+    /// Gives a host on the internet (a public host, or a router's WAN) the
+    /// IPv6 address `addr` from 2001:db8::/32 (RFC 3849) on its uplink, next
+    /// to its IPv4 one; the whole /32 is on-link, as the TEST-NETs are.
+    ///
+    /// `nodad`: the lab hands out unique addresses, so duplicate address
+    /// detection (RFC 4862 §5.4) would only hold the address "tentative"
+    /// (unusable) for a second. It returns once no address on the uplink,
+    /// link-local included, is tentative any more.
+    pub fn add_ipv6(&self, host: &str, addr: Ipv6Addr) -> Result<(), LabError> {
+        let net: Ipv6Net = DOC_NET6.parse().expect("RFC 3849 prefix is valid");
+        if !net.contains(&addr) {
+            return Err(LabError::Topology(format!(
+                "{host}: public IPv6 address {addr} is not in {DOC_NET6} (RFC 3849)"
+            )));
+        }
+        let h = self.host(host)?;
+        if matches!(h.role, Role::Lan { .. }) {
+            return Err(LabError::Topology(format!(
+                "{host}: IPv6 goes on the internet segment; {host} is on a LAN"
+            )));
+        }
+        // An address the kernel would refuse anyway; say who holds it.
+        if let Some(other) = self.hosts.iter().find(|o| {
+            o.netns
+                .try_exec(&[
+                    "ip",
+                    "-6",
+                    "-o",
+                    "addr",
+                    "show",
+                    "to",
+                    &format!("{addr}/128"),
+                ])
+                .is_ok_and(|out| !out.stdout.is_empty())
+        }) {
+            return Err(LabError::Topology(format!(
+                "{host}: {addr} is {}'s already",
+                other.name
+            )));
+        }
+        let uplink = h.uplink.clone();
+        // A namespace may start with IPv6 off (net.ipv6.conf.default.disable_ipv6).
+        h.netns.exec(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{uplink}.disable_ipv6=0"),
+        ])?;
+        h.netns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/{}", net.prefix_len()),
+            "dev",
+            &uplink,
+            "nodad",
+        ])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = h
+                .netns
+                .ip(&["-6", "addr", "show", "dev", &uplink, "tentative"])?;
+            if out.stdout.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout(format!(
+                    "{host}: IPv6 addresses on {uplink} still tentative: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A NAT router with WAN address `wan` and LAN `lan` (it takes the first

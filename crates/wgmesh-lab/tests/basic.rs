@@ -96,3 +96,52 @@ fn toml_topology_with_link_impairment() {
     );
     assert!(bad.is_err(), "unknown link fields are refused");
 }
+
+/// Optional IPv6 on the internet segment: usable at once (no DAD wait),
+/// on-link across 2001:db8::/32, a router's WAN may have one too, and what
+/// cannot work is refused: a non-documentation address, one taken already,
+/// a LAN host.
+#[test]
+fn ipv6_on_the_internet_segment() {
+    let Some(mut lab) = Lab::for_test("ipv6_on_the_internet_segment") else {
+        return;
+    };
+    lab.add_public_host("a", "203.0.113.1".parse().expect("ip"))
+        .expect("a");
+    lab.add_public_host("b", "192.0.2.2".parse().expect("ip"))
+        .expect("b");
+    lab.add_router(
+        "r",
+        "198.51.100.1".parse().expect("ip"),
+        "10.1.0.0/24".parse().expect("net"),
+        NatKind::PortRestricted,
+        Hairpin::Off,
+    )
+    .expect("r");
+    lab.add_lan_host("l", "r").expect("l");
+    lab.add_ipv6("a", "2001:db8::1".parse().expect("ip"))
+        .expect("a's IPv6");
+    lab.add_ipv6("b", "2001:db8:1::2".parse().expect("ip"))
+        .expect("b's IPv6");
+    lab.add_ipv6("r", "2001:db8::100".parse().expect("ip"))
+        .expect("r's WAN IPv6");
+    let t = Duration::from_secs(5);
+    lab.ping_until("a", "2001:db8:1::2".parse().expect("ip"), t)
+        .expect("a → b over IPv6");
+    lab.ping_until("b", "2001:db8::100".parse().expect("ip"), t)
+        .expect("b → r's WAN over IPv6");
+    // IPv4 is as it was.
+    lab.ping_until("a", "192.0.2.2".parse().expect("ip"), t)
+        .expect("a → b over IPv4");
+    for (host, addr, why) in [
+        ("b", "2001:db9::2", "outside 2001:db8::/32"),
+        ("b", "2001:db8::1", "a's already"),
+        ("l", "2001:db8::3", "a LAN host"),
+        ("nobody", "2001:db8::4", "no such host"),
+    ] {
+        assert!(
+            lab.add_ipv6(host, addr.parse().expect("ip")).is_err(),
+            "{host} {addr}: {why} must be refused"
+        );
+    }
+}

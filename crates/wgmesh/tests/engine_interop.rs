@@ -1052,3 +1052,59 @@ fn tcp_100mb_wireguard_go_initiates_no_psk_over_ipv6() {
     let dump = p.exec("a", &["wg", "show", &p.a_iface, "transfer"]);
     println!("wgmesh transfer counters: {}", dump.trim());
 }
+
+/// IPv6 outside the tunnel too (issue 4): both hosts get RFC 3849 addresses
+/// on the lab's internet, wgmesh's peer Endpoint is wireguard-go's IPv6
+/// address, and both overlay families cross the tunnel both ways. wgmesh's
+/// UDP socket is one dual-stack `[::]` socket, so the same socket serves it.
+#[test]
+fn ipv6_endpoints_carry_both_overlay_families() {
+    const A_PUB6: &str = "2001:db8::1";
+    const B_PUB6: &str = "2001:db8::2";
+    let Some(mut lab) = Lab::for_test("ipv6_endpoints_carry_both_overlay_families") else {
+        return;
+    };
+    lab.add_public_host("a", A_ADDR.parse().expect("ip"))
+        .expect("host a");
+    lab.add_public_host("b", B_ADDR.parse().expect("ip"))
+        .expect("host b");
+    lab.add_ipv6("a", A_PUB6.parse().expect("ip"))
+        .expect("a's IPv6");
+    lab.add_ipv6("b", B_PUB6.parse().expect("ip"))
+        .expect("b's IPv6");
+    // The underlay first: a failure here is the lab's, not the engine's.
+    lab.ping_until("a", B_PUB6.parse().expect("ip"), Duration::from_secs(5))
+        .expect("a → b over the IPv6 internet");
+    let keys = Keys::new(false);
+    let a_iface = lab.id().wg_iface(0);
+    let b_iface = lab.id().wg_iface(1);
+    let _leftovers = Leftovers(vec![a_iface.clone(), b_iface.clone()]);
+    // Only wgmesh has an endpoint, so its first handshake goes over IPv6.
+    let b = wgnode::up(&mut lab, "b", &b_iface, &conf_b(&keys, Initiator::Wgmesh))
+        .unwrap_or_else(|e| panic!("wireguard-go: {e}\n{}", lab.logs()));
+    let a_conf =
+        conf_a(&keys, Initiator::WireguardGo, "") + &format!("Endpoint = [{B_PUB6}]:51820\n");
+    let conf = write_conf(&lab, "a.conf", &a_conf);
+    start_wgmesh(&mut lab, "a", &conf, &a_iface);
+    let p = Pair {
+        lab,
+        keys,
+        a_iface,
+        b,
+    };
+    p.ping("a", B_V4);
+    p.ping("b", A_V4);
+    p.ping("a", B_V6);
+    p.ping("b", A_V6);
+    let endpoints = p.exec("a", &["wg", "show", &p.a_iface, "endpoints"]);
+    assert!(
+        endpoints.contains(&format!("{}\t[{B_PUB6}]:51820", p.b_pub())),
+        "wgmesh's endpoint for wireguard-go: {endpoints}"
+    );
+    // wireguard-go learnt wgmesh's IPv6 address from its handshake.
+    let theirs = p.exec("b", &["wg", "show", &p.b.iface, "endpoints"]);
+    assert!(
+        theirs.contains(&format!("[{A_PUB6}]:51820")),
+        "wireguard-go's endpoint for wgmesh: {theirs}"
+    );
+}
