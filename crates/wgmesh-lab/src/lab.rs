@@ -317,7 +317,7 @@ impl Lab {
     /// IPv6 address `addr` from 2001:db8::/32 (RFC 3849) on its uplink, next
     /// to its IPv4 one; the whole /32 is on-link, as the TEST-NETs are.
     ///
-    /// `nodad`: the lab hands out unique addresses, so duplicate address
+    /// `nodad`: an address held by another lab host is refused here, so duplicate address
     /// detection (RFC 4862 §5.4) would only hold the address "tentative"
     /// (unusable) for a second. It returns once no address on the uplink,
     /// link-local included, is tentative any more.
