@@ -683,74 +683,15 @@ fn tcp_100mb_each_way_checksums_match() {
     ) else {
         return;
     };
-    let tool = Path::new(WGMESH).with_file_name("wgl-udp");
-    assert!(
-        tool.is_file(),
-        "{} is missing: `cargo build -p wgmesh-lab --bin wgl-udp` (cargo test --workspace builds it)",
-        tool.display()
-    );
-    let tool = tool.to_string_lossy().into_owned();
     p.ping("a", B_V4);
-    let dir = p.lab.log_dir().to_owned();
-    let src = dir.join("random.bin");
-    {
-        let mut f = std::fs::File::create(&src).expect("create");
-        let mut rnd = std::fs::File::open("/dev/urandom").expect("urandom");
-        let n = std::io::copy(&mut (&mut rnd).take(100_000_000), &mut f).expect("fill");
-        assert_eq!(n, 100_000_000);
-    }
-    let sha = |path: &Path| -> String {
-        let out = std::process::Command::new("sha256sum")
-            .arg(path)
-            .output()
-            .expect("sha256sum");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .expect("a digest")
-            .to_owned()
-    };
-    let want = sha(&src);
-    for (from, to, to_ip, label) in [
-        ("a", "b", B_V4, "wgmesh→wireguard-go"),
-        ("b", "a", A_V4, "wireguard-go→wgmesh"),
-    ] {
-        let out = dir.join(format!("received-{to}.bin"));
-        let sink_label = format!("sink-{to}");
-        let bind = format!("{to_ip}:5001");
-        let out_s = out.to_string_lossy().into_owned();
-        p.lab
-            .spawn(
-                to,
-                &sink_label,
-                &[tool.as_str(), "tcp-sink", "--bind", &bind, "--out", &out_s],
-            )
-            .expect("sink");
-        wait_for_log(&mut p.lab, &sink_label, "ready");
-        let start = Instant::now();
-        let sent = p.exec(
-            from,
-            &[
-                &tool,
-                "tcp-source",
-                "--to",
-                &bind,
-                "--file",
-                &src.to_string_lossy(),
-            ],
-        );
-        let received = wait_for_log(&mut p.lab, &sink_label, "received ");
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{label}: 100 MB in {secs:.2} s ({:.0} Mbit/s); {}; {}",
-            800.0 / secs,
-            sent.trim(),
-            received.trim()
-        );
-        assert!(received.contains("received 100000000 bytes"), "{received}");
-        assert_eq!(sha(&out), want, "{label}: checksum");
-        let _ = std::fs::remove_file(&out);
-    }
+    transfer_100mb(
+        &mut p,
+        "v4",
+        &[
+            ("a", "b", format!("{B_V4}:5001"), "wgmesh→wireguard-go"),
+            ("b", "a", format!("{A_V4}:5001"), "wireguard-go→wgmesh"),
+        ],
+    );
     let dump = p.exec("a", &["wg", "show", &p.a_iface, "transfer"]);
     println!("wgmesh transfer counters: {}", dump.trim());
 }
@@ -962,7 +903,6 @@ fn roaming_peer_moves_mid_transfer() {
 /// SHA-256.
 #[test]
 fn tcp_100mb_wireguard_go_initiates_no_psk_over_ipv6() {
-    const SIZE: u64 = 100_000_000;
     let Some(mut p) = pair(
         "tcp_100mb_wireguard_go_initiates_no_psk_over_ipv6",
         false,
@@ -971,13 +911,6 @@ fn tcp_100mb_wireguard_go_initiates_no_psk_over_ipv6() {
     ) else {
         return;
     };
-    let tool = Path::new(WGMESH).with_file_name("wgl-udp");
-    assert!(
-        tool.is_file(),
-        "{} is missing: `cargo build -p wgmesh-lab --bin wgl-udp` (cargo test --workspace builds it)",
-        tool.display()
-    );
-    let tool = tool.to_string_lossy().into_owned();
     // Only wireguard-go knows an endpoint, so this ping is its handshake.
     p.ping("b", A_V6);
     let endpoints = p.exec("a", &["wg", "show", &p.a_iface, "endpoints"]);
@@ -985,70 +918,24 @@ fn tcp_100mb_wireguard_go_initiates_no_psk_over_ipv6() {
         endpoints.contains(B_ADDR),
         "wgmesh learnt no endpoint from wireguard-go's handshake: {endpoints}"
     );
-    let dir = p.lab.log_dir().to_owned();
-    let src = dir.join("random6.bin");
-    {
-        let mut f = std::fs::File::create(&src).expect("create");
-        let mut rnd = std::fs::File::open("/dev/urandom").expect("urandom");
-        let n = std::io::copy(&mut (&mut rnd).take(SIZE), &mut f).expect("fill");
-        assert_eq!(n, SIZE);
-    }
-    let sha = |path: &Path| -> String {
-        let out = std::process::Command::new("sha256sum")
-            .arg(path)
-            .output()
-            .expect("sha256sum");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .expect("a digest")
-            .to_owned()
-    };
-    let want = sha(&src);
-    for (from, to, to_ip, label) in [
-        ("b", "a", A_V6, "wireguard-go→wgmesh (v6)"),
-        ("a", "b", B_V6, "wgmesh→wireguard-go (v6)"),
-    ] {
-        let out = dir.join(format!("received6-{to}.bin"));
-        let sink_label = format!("sink6-{to}");
-        let bind = format!("[{to_ip}]:5001");
-        let out_s = out.to_string_lossy().into_owned();
-        p.lab
-            .spawn(
-                to,
-                &sink_label,
-                &[tool.as_str(), "tcp-sink", "--bind", &bind, "--out", &out_s],
-            )
-            .expect("sink");
-        wait_for_log(&mut p.lab, &sink_label, "ready");
-        let start = Instant::now();
-        let sent = p.exec(
-            from,
-            &[
-                &tool,
-                "tcp-source",
-                "--to",
-                &bind,
-                "--file",
-                &src.to_string_lossy(),
-            ],
-        );
-        let received = wait_for_log(&mut p.lab, &sink_label, "received ");
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "{label}: 100 MB in {secs:.2} s ({:.0} Mbit/s); {}; {}",
-            800.0 / secs,
-            sent.trim(),
-            received.trim()
-        );
-        assert!(
-            received.contains(&format!("received {SIZE} bytes")),
-            "{received}"
-        );
-        assert_eq!(sha(&out), want, "{label}: checksum");
-        let _ = std::fs::remove_file(&out);
-    }
-    let _ = std::fs::remove_file(&src);
+    transfer_100mb(
+        &mut p,
+        "v6",
+        &[
+            (
+                "b",
+                "a",
+                format!("[{A_V6}]:5001"),
+                "wireguard-go→wgmesh (v6)",
+            ),
+            (
+                "a",
+                "b",
+                format!("[{B_V6}]:5001"),
+                "wgmesh→wireguard-go (v6)",
+            ),
+        ],
+    );
     let dump = p.exec("a", &["wg", "show", &p.a_iface, "transfer"]);
     println!("wgmesh transfer counters: {}", dump.trim());
 }
@@ -1107,4 +994,78 @@ fn ipv6_endpoints_carry_both_overlay_families() {
         theirs.contains(&format!("[{A_PUB6}]:51820")),
         "wireguard-go's endpoint for wgmesh: {theirs}"
     );
+}
+
+/// Sends 100 MB of random bytes over TCP for each (from, to, sink address,
+/// label), with wgl-udp's tcp-source/tcp-sink, and compares SHA-256 at the
+/// far end.
+fn transfer_100mb(p: &mut Pair, tag: &str, directions: &[(&str, &str, String, &str)]) {
+    const SIZE: u64 = 100_000_000;
+    let tool = Path::new(WGMESH).with_file_name("wgl-udp");
+    assert!(
+        tool.is_file(),
+        "{} is missing: `cargo build -p wgmesh-lab --bin wgl-udp` (cargo test --workspace builds it)",
+        tool.display()
+    );
+    let tool = tool.to_string_lossy().into_owned();
+    let dir = p.lab.log_dir().to_owned();
+    let src = dir.join(format!("random-{tag}.bin"));
+    {
+        let mut f = std::fs::File::create(&src).expect("create");
+        let mut rnd = std::fs::File::open("/dev/urandom").expect("urandom");
+        let n = std::io::copy(&mut (&mut rnd).take(SIZE), &mut f).expect("fill");
+        assert_eq!(n, SIZE);
+    }
+    let sha = |path: &Path| -> String {
+        let out = std::process::Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("a digest")
+            .to_owned()
+    };
+    let want = sha(&src);
+    for (from, to, bind, label) in directions {
+        let out = dir.join(format!("received-{tag}-{to}.bin"));
+        let sink_label = format!("sink-{tag}-{to}");
+        let out_s = out.to_string_lossy().into_owned();
+        p.lab
+            .spawn(
+                to,
+                &sink_label,
+                &[tool.as_str(), "tcp-sink", "--bind", bind, "--out", &out_s],
+            )
+            .expect("sink");
+        wait_for_log(&mut p.lab, &sink_label, "ready");
+        let start = Instant::now();
+        let sent = p.exec(
+            from,
+            &[
+                &tool,
+                "tcp-source",
+                "--to",
+                bind,
+                "--file",
+                &src.to_string_lossy(),
+            ],
+        );
+        let received = wait_for_log(&mut p.lab, &sink_label, "received ");
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{label}: 100 MB in {secs:.2} s ({:.0} Mbit/s); {}; {}",
+            800.0 / secs,
+            sent.trim(),
+            received.trim()
+        );
+        assert!(
+            received.contains(&format!("received {SIZE} bytes")),
+            "{received}"
+        );
+        assert_eq!(sha(&out), want, "{label}: checksum");
+        let _ = std::fs::remove_file(&out);
+    }
+    let _ = std::fs::remove_file(&src);
 }
