@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tun_rs::{
     DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN,
 };
-use wgmesh_proto::device::{Device, Output};
+use wgmesh_proto::device::{Device, Output, TimerParams};
 use wgmesh_proto::uapi::{self, Request, SetCommand};
 
 use crate::DataplaneError;
@@ -74,6 +74,10 @@ pub struct InterfaceConfig {
     /// Where the UAPI socket goes ([`uapi_server::SOCKET_DIR`]).
     pub uapi_dir: PathBuf,
     pub on_fatal: Option<OnFatal>,
+    /// Off-spec WireGuard timers (see
+    /// [`Device::dangerously_set_timer_params`]): only for tests that must
+    /// see a rekey in seconds. `None` keeps the paper's timers.
+    pub dangerous_timer_params: Option<TimerParams>,
 }
 
 impl std::fmt::Debug for InterfaceConfig {
@@ -83,6 +87,7 @@ impl std::fmt::Debug for InterfaceConfig {
             .field("mtu", &self.mtu)
             .field("listen_port", &self.listen_port)
             .field("uapi_dir", &self.uapi_dir)
+            .field("dangerous_timer_params", &self.dangerous_timer_params)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +100,7 @@ impl InterfaceConfig {
             listen_port: 0,
             uapi_dir: PathBuf::from(uapi_server::SOCKET_DIR),
             on_fatal: None,
+            dangerous_timer_params: None,
         }
     }
 }
@@ -448,6 +454,9 @@ impl Interface {
         let port = bound.port;
         let mut device = Device::new();
         device.set_mtu(config.mtu);
+        if let Some(params) = &config.dangerous_timer_params {
+            device.dangerously_set_timer_params(params.clone());
+        }
         device.apply(
             Instant::now(),
             &SetCommand {

@@ -48,6 +48,50 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `down` waits for the serving process to finish its teardown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Test-only, off-spec: shortens REKEY_AFTER_TIME (120 s, WireGuard paper
+/// §6.1) to this many seconds, so a lab test can watch a real rekey with
+/// wireguard-go while traffic flows. Never set it in production.
+pub const DANGEROUS_REKEY_AFTER_ENV: &str = "WGMESH_DANGEROUS_REKEY_AFTER_SECS";
+
+/// The timers [`DANGEROUS_REKEY_AFTER_ENV`] asks for, read once at `up`,
+/// with a loud warning; `None` (the paper's timers) when it is unset.
+///
+/// Only REKEY_AFTER_TIME is shortened. The other timers keep their spec
+/// values, and the relations WireGuard needs still hold for any value
+/// allowed here: the initiator rekeys well before a session is rejected
+/// (REJECT_AFTER_TIME, 180 s, is fixed in gotatun and in the peer) and
+/// before the receive-side fallback at REJECT_AFTER_TIME − KEEPALIVE_TIMEOUT
+/// − REKEY_TIMEOUT (165 s). A rekey handshake's retry (REKEY_TIMEOUT, 5 s)
+/// may outlast a short REKEY_AFTER_TIME; the old session carries the data
+/// meanwhile, as it does at 120 s.
+fn dangerous_timer_params() -> Result<Option<wgmesh_proto::device::TimerParams>> {
+    let Some(raw) = std::env::var_os(DANGEROUS_REKEY_AFTER_ENV) else {
+        return Ok(None);
+    };
+    let after = rekey_after(&raw)?;
+    let secs = after.as_secs();
+    eprintln!(
+        "wgmesh: WARNING: {DANGEROUS_REKEY_AFTER_ENV}={secs}: REKEY_AFTER_TIME is {secs} s \
+         instead of 120 s. This is OFF-SPEC and meant ONLY for tests; unset it in production."
+    );
+    Ok(Some(wgmesh_proto::device::TimerParams {
+        rekey_after_time: after..=after,
+        ..wgmesh_proto::device::TimerParams::default()
+    }))
+}
+
+/// [`DANGEROUS_REKEY_AFTER_ENV`]'s value: whole seconds, 1 to 119 (it only
+/// ever shortens the 120 s of the spec).
+fn rekey_after(raw: &std::ffi::OsStr) -> Result<Duration> {
+    raw.to_str()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|s| (1..120).contains(s))
+        .map(Duration::from_secs)
+        .with_context(|| {
+            format!("{DANGEROUS_REKEY_AFTER_ENV} must be whole seconds from 1 to 119, not {raw:?}")
+        })
+}
+
 fn pid_path(iface: &str) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{iface}.pid"))
 }
@@ -282,6 +326,7 @@ fn bring_up(
     icfg.mtu = ifc.mtu.unwrap_or(DEFAULT_MTU);
     icfg.listen_port = ifc.listen_port.unwrap_or(0);
     icfg.on_fatal = Some(on_fatal);
+    icfg.dangerous_timer_params = dangerous_timer_params()?;
     let interface = Interface::start(icfg)?;
     interface
         .apply(&cmd)
@@ -444,6 +489,16 @@ pub fn down(iface: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dangerous_rekey_after_only_shortens() {
+        let ok = |s: &str| rekey_after(std::ffi::OsStr::new(s)).ok();
+        assert_eq!(ok("3"), Some(Duration::from_secs(3)));
+        assert_eq!(ok(" 119 "), Some(Duration::from_secs(119)));
+        for bad in ["0", "120", "600", "-1", "1.5", "", "three"] {
+            assert_eq!(ok(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn interface_names() {

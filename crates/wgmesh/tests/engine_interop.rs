@@ -122,13 +122,21 @@ fn socket_file(iface: &str) -> PathBuf {
 /// Starts `wgmesh wg up --foreground` in host `host` and waits until it
 /// says it is up (its PID file appears).
 fn start_wgmesh(lab: &mut Lab, host: &str, conf: &Path, iface: &str) {
+    start_wgmesh_with_env(lab, host, conf, iface, &[]);
+}
+
+/// [`start_wgmesh`] with extra environment variables (`NAME=value`) for
+/// wgmesh alone, passed through env(1): setting them in the test process
+/// would reach every test running in parallel.
+fn start_wgmesh_with_env(lab: &mut Lab, host: &str, conf: &Path, iface: &str, env: &[&str]) {
     let conf = conf.to_string_lossy().into_owned();
-    lab.spawn(
-        host,
-        WG_LABEL,
-        &[WGMESH, "wg", "up", &conf, "--name", iface, "--foreground"],
-    )
-    .expect("spawn wgmesh");
+    let mut args: Vec<&str> = Vec::new();
+    if !env.is_empty() {
+        args.push("env");
+        args.extend_from_slice(env);
+    }
+    args.extend_from_slice(&[WGMESH, "wg", "up", &conf, "--name", iface, "--foreground"]);
+    lab.spawn(host, WG_LABEL, &args).expect("spawn wgmesh");
     let deadline = Instant::now() + UP_TIMEOUT;
     loop {
         if pid_file(iface).exists() {
@@ -160,6 +168,17 @@ struct Pair {
 }
 
 fn pair(test: &str, psk: bool, initiator: Initiator, extra_a: &str) -> Option<Pair> {
+    pair_with_env(test, psk, initiator, extra_a, &[])
+}
+
+/// [`pair`], wgmesh started with the extra environment `env` (`NAME=value`).
+fn pair_with_env(
+    test: &str,
+    psk: bool,
+    initiator: Initiator,
+    extra_a: &str,
+    env: &[&str],
+) -> Option<Pair> {
     let mut lab = Lab::for_test(test)?;
     lab.add_public_host("a", A_ADDR.parse().expect("ip"))
         .expect("host a");
@@ -172,7 +191,7 @@ fn pair(test: &str, psk: bool, initiator: Initiator, extra_a: &str) -> Option<Pa
         .unwrap_or_else(|e| panic!("wireguard-go: {e}\n{}", lab.logs()));
     let extra_a = extra_a.replace("{dir}", &lab.log_dir().to_string_lossy());
     let conf = write_conf(&lab, "a.conf", &conf_a(&keys, initiator, &extra_a));
-    start_wgmesh(&mut lab, "a", &conf, &a_iface);
+    start_wgmesh_with_env(&mut lab, "a", &conf, &a_iface, env);
     Some(Pair {
         lab,
         keys,
@@ -1068,4 +1087,95 @@ fn transfer_100mb(p: &mut Pair, tag: &str, directions: &[(&str, &str, String, &s
         let _ = std::fs::remove_file(&out);
     }
     let _ = std::fs::remove_file(&src);
+}
+
+/// A real rekey with wireguard-go while traffic flows (WireGuard paper
+/// §6.1): wgmesh initiates with REKEY_AFTER_TIME shortened to 3 s (the
+/// test-only `WGMESH_DANGEROUS_REKEY_AFTER_SECS`), a ping runs for 10 s,
+/// and wgmesh's latest handshake moves on at least twice while no more
+/// than one ping of 50 is lost.
+#[test]
+fn rekey_with_wireguard_go_while_pinging() {
+    let Some(mut p) = pair_with_env(
+        "rekey_with_wireguard_go_while_pinging",
+        false,
+        Initiator::Wgmesh,
+        "",
+        &["WGMESH_DANGEROUS_REKEY_AFTER_SECS=3"],
+    ) else {
+        return;
+    };
+    p.ping("a", B_V4);
+    let warned = wait_for_log(&mut p.lab, WG_LABEL, "WARNING");
+    assert!(warned.contains("OFF-SPEC"), "{warned}");
+    let latest = |p: &Pair| -> u64 {
+        let out = p.exec("a", &["wg", "show", &p.a_iface, "latest-handshakes"]);
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("latest-handshakes: {out:?}"))
+    };
+    let first = latest(&p);
+    assert_ne!(first, 0, "the first ping made a handshake");
+    let started = Instant::now();
+    // 50 pings, 200 ms apart: 10 s of traffic, three rekey periods.
+    p.lab
+        .spawn(
+            "a",
+            "ping",
+            &["ping", "-n", "-c", "50", "-i", "0.2", "-W", "2", B_V4],
+        )
+        .expect("spawn ping");
+    let mut seen = vec![first];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let t = latest(&p);
+        if seen.last() != Some(&t) {
+            seen.push(t);
+        }
+        let proc = p
+            .lab
+            .processes()
+            .iter_mut()
+            .find(|q| q.label() == "ping")
+            .expect("spawned");
+        if let Some(status) = proc.exited() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ping still running\n{}",
+            p.lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = p
+        .lab
+        .processes()
+        .iter_mut()
+        .find(|q| q.label() == "ping")
+        .expect("spawned")
+        .log_text();
+    let received: u32 = log
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ping summary:\n{log}"));
+    println!(
+        "ping ({status}) for {:?}: {received}/50 answered; handshakes at {seen:?}",
+        started.elapsed()
+    );
+    assert!(received >= 49, "{received}/50 pings answered:\n{log}");
+    assert!(
+        seen.len() >= 3,
+        "fewer than two rekeys in {:?}: handshakes at {seen:?}\n{}",
+        started.elapsed(),
+        p.lab.logs()
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "handshake times go forward: {seen:?}"
+    );
 }
