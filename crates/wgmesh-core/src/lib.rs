@@ -8,5 +8,6 @@
 //! write files, and hand in random bytes (see [`key::PrivateKey::from_random`]).
 
 pub mod key;
+pub mod netmap;
 pub mod plan;
 pub mod wgquick;

@@ -1,0 +1,286 @@
+use std::net::{IpAddr, SocketAddr};
+
+use super::compile::{NAT_KEEPALIVE, NetworkView, NodeView, full_map, peer_entry};
+use super::policy::{Action, FilterRule, Policy, PolicyError, Proto, decide};
+use super::*;
+use crate::key::PrivateKey;
+
+fn key(n: u8) -> PublicKey {
+    PrivateKey::from_bytes([n; 32]).public_key()
+}
+
+struct N {
+    name: &'static str,
+    key: PublicKey,
+    addr: IpAddr,
+    groups: Vec<String>,
+    eps: Vec<SocketAddr>,
+    reachable: bool,
+    hub: bool,
+}
+
+impl N {
+    fn new(n: u8, name: &'static str, reachable: bool, hub: bool) -> Self {
+        Self {
+            name,
+            key: key(n),
+            addr: format!("100.64.0.{n}").parse().unwrap(),
+            groups: vec!["all".into()],
+            eps: vec![format!("192.0.2.{n}:51820").parse().unwrap()],
+            reachable,
+            hub,
+        }
+    }
+    fn view(&self) -> NodeView<'_> {
+        NodeView {
+            name: self.name,
+            public_key: self.key,
+            address: self.addr,
+            groups: &self.groups,
+            endpoints: &self.eps,
+            reachable: self.reachable,
+            hub: self.hub,
+        }
+    }
+}
+
+fn net<'a>(policy: &'a Policy, hub: Option<PublicKey>) -> NetworkView<'a> {
+    NetworkView {
+        name: "seed",
+        overlay: "100.64.0.0/24".parse().unwrap(),
+        policy,
+        primary_hub: hub,
+    }
+}
+
+#[test]
+fn seed_topology_routes_natted_pairs_through_the_hub() {
+    let p = Policy::default();
+    let nyc = N::new(1, "nyc", true, true);
+    let lax = N::new(2, "lax", true, false);
+    let lab = N::new(3, "lab", false, false);
+    let home = N::new(4, "home", false, false);
+    let n = net(&p, Some(nyc.key));
+
+    // lab (NAT) → nyc (primary hub): the whole overlay, lab dials.
+    let e = peer_entry(&lab.view(), &nyc.view(), &n).unwrap();
+    assert_eq!(
+        e.allowed_ips,
+        vec!["100.64.0.0/24".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(
+        e.route,
+        Route::Direct {
+            keepalive: Some(NAT_KEEPALIVE)
+        }
+    );
+    // lab → lax: direct, lab dials lax's public endpoint.
+    let e = peer_entry(&lab.view(), &lax.view(), &n).unwrap();
+    assert_eq!(
+        e.allowed_ips,
+        vec!["100.64.0.2/32".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(
+        e.route,
+        Route::Direct {
+            keepalive: Some(NAT_KEEPALIVE)
+        }
+    );
+    // lax → lab: direct, no keepalive (lab dials).
+    let e = peer_entry(&lax.view(), &lab.view(), &n).unwrap();
+    assert_eq!(e.route, Route::Direct { keepalive: None });
+    // lab → home: both behind NAT, through nyc.
+    let e = peer_entry(&lab.view(), &home.view(), &n).unwrap();
+    assert_eq!(e.route, Route::ViaHub { hub: nyc.key });
+    assert!(e.allowed_ips.is_empty());
+    // nyc (hub) → lab: /32.
+    let e = peer_entry(&nyc.view(), &lab.view(), &n).unwrap();
+    assert_eq!(
+        e.allowed_ips,
+        vec!["100.64.0.3/32".parse::<IpNet>().unwrap()]
+    );
+
+    let nodes = [nyc.view(), lax.view(), lab.view(), home.view()];
+    let m = full_map(&lab.view(), nodes.iter(), &n, 7);
+    assert_eq!(m.version, 7);
+    assert_eq!(m.peers.len(), 3);
+    assert_eq!(m.node.address.to_string(), "100.64.0.3/24");
+    assert!(
+        m.peers
+            .windows(2)
+            .all(|w| w[0].public_key < w[1].public_key)
+    );
+}
+
+#[test]
+fn natted_pair_without_a_hub_gets_endpoints_and_keepalive() {
+    let p = Policy::default();
+    let a = N::new(1, "a", false, false);
+    let b = N::new(2, "b", false, false);
+    let e = peer_entry(&a.view(), &b.view(), &net(&p, None)).unwrap();
+    assert_eq!(
+        e.route,
+        Route::Direct {
+            keepalive: Some(NAT_KEEPALIVE)
+        }
+    );
+    assert_eq!(e.endpoints, b.eps);
+}
+
+#[test]
+fn policy_hides_pairs_with_nothing_allowed_but_keeps_hubs() {
+    let p = Policy::from_toml(
+        r#"
+default = "deny"
+[[rule]]
+action = "allow"
+from = ["node:a"]
+to = ["group:web"]
+proto = "tcp"
+ports = ["443"]
+"#,
+    )
+    .unwrap();
+    let a = N::new(1, "a", true, false);
+    let mut b = N::new(2, "b", true, false);
+    let c = N::new(3, "c", true, false);
+    let hub = N::new(4, "hub", true, true);
+    b.groups = vec!["web".into()];
+    let n = net(&p, Some(hub.key));
+    // a → b allowed on tcp/443: both see each other (b needs a to reply).
+    let ab = peer_entry(&a.view(), &b.view(), &n).unwrap();
+    assert!(
+        ab.inbound.is_empty(),
+        "nothing b sends to a is allowed by a rule"
+    );
+    let ba = peer_entry(&b.view(), &a.view(), &n).unwrap();
+    assert_eq!(
+        ba.inbound,
+        vec![FilterRule {
+            action: Action::Allow,
+            proto: Proto::Tcp,
+            ports: Some("443".parse().unwrap())
+        }]
+    );
+    // a and c: nothing allowed either way.
+    assert!(peer_entry(&a.view(), &c.view(), &n).is_none());
+    assert!(peer_entry(&c.view(), &a.view(), &n).is_none());
+    // The hub stays in everyone's map, and everyone in the hub's.
+    assert!(peer_entry(&c.view(), &hub.view(), &n).is_some());
+    assert!(peer_entry(&hub.view(), &c.view(), &n).is_some());
+}
+
+#[test]
+fn first_matching_rule_decides() {
+    let p = Policy::from_toml(
+        r#"
+default = "allow"
+[[rule]]
+action = "deny"
+from = ["node:lab"]
+to = ["node:lax"]
+proto = "tcp"
+ports = ["22"]
+"#,
+    )
+    .unwrap();
+    let lab = N::new(3, "lab", false, false);
+    let lax = N::new(2, "lax", true, false);
+    let rules = p.rules_between(&lab.view_facts(), &lax.view_facts());
+    assert_eq!(
+        decide(&rules, p.default, Proto::TCP, Some(22)),
+        Action::Deny
+    );
+    assert_eq!(
+        decide(&rules, p.default, Proto::TCP, Some(23)),
+        Action::Allow
+    );
+    assert_eq!(
+        decide(&rules, p.default, Proto::UDP, Some(22)),
+        Action::Allow
+    );
+    assert_eq!(decide(&rules, p.default, Proto::ICMP, None), Action::Allow);
+    // The other direction has no rule.
+    assert!(
+        p.rules_between(&lax.view_facts(), &lab.view_facts())
+            .is_empty()
+    );
+}
+
+impl N {
+    fn view_facts(&self) -> policy::NodeFacts<'_> {
+        policy::NodeFacts {
+            name: self.name,
+            groups: &self.groups,
+        }
+    }
+}
+
+#[test]
+fn bad_policies_are_refused_with_the_reason() {
+    let cases: &[(&str, fn(&PolicyError) -> bool)] = &[
+        ("default = \"maybe\"", |e| matches!(e, PolicyError::Toml(_))),
+        (
+            "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"lab\"]\nto = [\"*\"]",
+            |e| matches!(e, PolicyError::Toml(m) if m.contains("node:NAME")),
+        ),
+        (
+            "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"*\"]\nto = [\"*\"]\nproto = \"icmp\"\nports = [\"22\"]",
+            |e| matches!(e, PolicyError::PortsWithoutTransport { index: 1 }),
+        ),
+        (
+            "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = []\nto = [\"*\"]",
+            |e| matches!(e, PolicyError::EmptySide { index: 1 }),
+        ),
+        (
+            "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"*\"]\nto = [\"*\"]\nproto = \"tcp\"\nports = [\"30-20\"]",
+            |e| matches!(e, PolicyError::Toml(m) if m.contains("port range")),
+        ),
+        ("default = \"allow\"\nextra = 1", |e| {
+            matches!(e, PolicyError::Toml(_))
+        }),
+    ];
+    for (text, ok) in cases {
+        let e = Policy::from_toml(text).unwrap_err();
+        assert!(ok(&e), "{text:?} gave {e:?}");
+    }
+}
+
+#[test]
+fn policy_round_trips_through_toml() {
+    let text = "default = \"deny\"\n[[rule]]\naction = \"allow\"\nfrom = [\"group:ops\", \"node:a\"]\nto = [\"*\"]\nproto = \"udp\"\nports = [\"53\", \"8000-8099\"]\n";
+    let p = Policy::from_toml(text).unwrap();
+    assert_eq!(Policy::from_toml(&p.to_toml()).unwrap(), p);
+}
+
+#[test]
+fn deltas_apply_in_order_and_refuse_the_wrong_version() {
+    let p = Policy::default();
+    let a = N::new(1, "a", true, false);
+    let b = N::new(2, "b", true, false);
+    let c = N::new(3, "c", true, false);
+    let n = net(&p, None);
+    let nodes = [a.view(), b.view()];
+    let mut m = full_map(&a.view(), nodes.iter(), &n, 1);
+    let delta = MapDelta {
+        from_version: 1,
+        version: 2,
+        upsert: vec![peer_entry(&a.view(), &c.view(), &n).unwrap()],
+        remove: vec![b.key],
+    };
+    m.apply(&delta).unwrap();
+    assert_eq!(m.version, 2);
+    assert_eq!(
+        m.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert_eq!(
+        m.apply(&delta),
+        Err(ApplyError::VersionMismatch { have: 2, delta: 1 })
+    );
+    let json = serde_json::to_string(&MapUpdate::Delta(delta.clone())).unwrap();
+    assert_eq!(
+        serde_json::from_str::<MapUpdate>(&json).unwrap(),
+        MapUpdate::Delta(delta)
+    );
+}
