@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // test helpers: a panic names the line that failed
+
 use std::net::{IpAddr, SocketAddr};
 
 use super::compile::{NAT_KEEPALIVE, NetworkView, NodeView, full_map, peer_entry};
