@@ -220,7 +220,8 @@ impl N {
 
 #[test]
 fn bad_policies_are_refused_with_the_reason() {
-    let cases: &[(&str, fn(&PolicyError) -> bool)] = &[
+    type Check = fn(&PolicyError) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("default = \"maybe\"", |e| matches!(e, PolicyError::Toml(_))),
         (
             "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"lab\"]\nto = [\"*\"]",
