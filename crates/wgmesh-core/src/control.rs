@@ -1,0 +1,194 @@
+//! The control API's request and response bodies, shared by the
+//! coordination server, the agent and the admin CLI (JSON over HTTPS).
+//!
+//! Routes (all under `/api/v1`; the server's OpenAPI document at
+//! `/api/v1/openapi.json` is the reference):
+//!
+//! | who   | route | body → reply |
+//! |-------|-------|--------------|
+//! | agent | `POST /enroll` (setup key in the body) | [`EnrollRequest`] → [`EnrollResponse`] |
+//! | node  | `GET /node/map` | → [`crate::netmap::NetworkMap`] |
+//! | node  | `GET /node/map/stream` | server-sent events, each `data:` a [`crate::netmap::MapUpdate`] |
+//! | node  | `POST /node/endpoints` | [`EndpointReport`] → 204 |
+//! | admin | `GET,POST /networks`, `GET /networks/{network}` | [`CreateNetwork`] → [`NetworkInfo`] |
+//! | admin | `GET,PUT /networks/{network}/policy` | [`crate::netmap::policy::Policy`] |
+//! | admin | `GET /nodes`, `GET,PATCH,DELETE /nodes/{id}` | [`UpdateNode`] → [`NodeInfo`] |
+//! | admin | `GET,POST /setup-keys`, `DELETE /setup-keys/{id}` | [`CreateSetupKey`] → [`SetupKeyCreated`] / [`SetupKeyInfo`] |
+//! | admin | `GET /audit?after=ID&limit=N` | → [`AuditEntry`]s |
+//!
+//! "node" routes take `Authorization: Bearer <node credential>` (from
+//! enrolment), "admin" routes an admin API token. Errors are
+//! [`ApiErrorBody`] with 4xx/5xx.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::key::PublicKey;
+use crate::netmap::NetworkMap;
+
+/// Prefixes that tell the three kinds of bearer secret apart at a glance
+/// (and in secret scanners).
+pub const ADMIN_TOKEN_PREFIX: &str = "wga_";
+pub const NODE_CREDENTIAL_PREFIX: &str = "wgn_";
+pub const SETUP_KEY_PREFIX: &str = "wgs_";
+
+/// How a network's nodes connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// Every pair directly where one side is reachable, through a hub
+    /// where both are behind NAT.
+    #[default]
+    FullMesh,
+    /// Nodes that are not hubs reach each other only through a hub.
+    HubAndSpoke,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    pub name: String,
+    pub overlay: IpNet,
+    #[serde(default)]
+    pub topology: Topology,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub overlay: IpNet,
+    pub topology: Topology,
+    pub nodes: u64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub setup_key: String,
+    pub public_key: PublicKey,
+    /// The node's name in the network (a DNS label); the server refuses a
+    /// name another key holds.
+    pub name: String,
+    #[serde(default)]
+    pub endpoints: EndpointReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub node: NodeInfo,
+    /// Shown once: the node's bearer secret for the node routes.
+    pub credential: String,
+    pub map: NetworkMap,
+}
+
+/// Where a node can be reached on the underlay.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointReport {
+    /// Its interface addresses with the engine's UDP port.
+    #[serde(default)]
+    pub local: Vec<SocketAddr>,
+    /// What a STUN server saw as the source of the engine's socket.
+    #[serde(default)]
+    pub reflexive: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: i64,
+    pub network: String,
+    pub name: String,
+    pub public_key: PublicKey,
+    pub address: IpAddr,
+    pub groups: Vec<String>,
+    pub hub: bool,
+    pub endpoints: EndpointReport,
+    /// No NAT in front of it: its reflexive address is one of its own.
+    pub reachable: bool,
+    /// Holds a map stream open now.
+    pub online: bool,
+    /// Unix seconds.
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNode {
+    #[serde(default)]
+    pub hub: Option<bool>,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSetupKey {
+    pub network: String,
+    /// Usable by any number of nodes (up to `usage_limit`) rather than one.
+    #[serde(default)]
+    pub reusable: bool,
+    /// Seconds from now; none for no expiry.
+    #[serde(default)]
+    pub expires_in: Option<i64>,
+    #[serde(default)]
+    pub usage_limit: Option<i64>,
+    /// Groups every node enrolled with it joins.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Enrolled nodes become hubs.
+    #[serde(default)]
+    pub hub: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupKeyInfo {
+    pub id: i64,
+    pub network: String,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    pub reusable: bool,
+    pub expires_at: Option<i64>,
+    pub usage_limit: Option<i64>,
+    pub used: i64,
+    pub groups: Vec<String>,
+    pub hub: bool,
+    pub revoked: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupKeyCreated {
+    pub info: SetupKeyInfo,
+    /// Shown once.
+    pub key: String,
+}
+
+/// One audited change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `admin:<token id>`, `node:<id>` or `setup-key:<id>`.
+    pub actor: String,
+    /// e.g. `node.enroll`, `policy.set`, `setup_key.revoke`.
+    pub action: String,
+    /// What was changed, e.g. `node:4`.
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// The body of every error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// Machine-readable, e.g. `unauthorized`, `not_found`, `conflict`.
+    pub error: String,
+    /// For a person.
+    pub message: String,
+}
