@@ -1,0 +1,1 @@
+//! wgmesh-agent: placeholder, filled in by issue 5.

@@ -1,0 +1,1 @@
+//! wgmesh-server: placeholder, filled in by issue 5.
