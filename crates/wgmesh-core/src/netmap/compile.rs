@@ -10,6 +10,8 @@
 //!   specific route goes through it (longest prefix wins);
 //! - two nodes peer directly when at least one is reachable; the one
 //!   behind NAT dials and sends keepalives;
+//! - in a hub-and-spoke network, two nodes that are not hubs always go
+//!   through the primary hub;
 //! - two nodes both behind NAT go through the primary hub when there is
 //!   one ([`Route::ViaHub`]); with no hub they are given each other's
 //!   reflexive endpoints and keepalives, which works through the NATs that
@@ -64,6 +66,9 @@ pub struct NetworkView<'a> {
     pub policy: &'a Policy,
     /// The primary hub's key, if the network has a hub.
     pub primary_hub: Option<PublicKey>,
+    /// Nodes that are not hubs never peer with each other: everything
+    /// between them goes through the primary hub.
+    pub hub_and_spoke: bool,
 }
 
 fn host(ip: IpAddr) -> IpNet {
@@ -93,10 +98,13 @@ pub fn peer_entry(
             vec![host(other.address)]
         };
         (Route::Direct { keepalive }, allowed)
-    } else if me.reachable || other.reachable {
+    } else if (me.reachable || other.reachable) && !net.hub_and_spoke {
         (Route::Direct { keepalive }, vec![host(other.address)])
     } else if let Some(hub) = net.primary_hub {
         (Route::ViaHub { hub }, Vec::new())
+    } else if net.hub_and_spoke {
+        // Spokes with no hub to go through cannot reach each other.
+        return None;
     } else {
         let keepalive = Some(NAT_KEEPALIVE);
         (Route::Direct { keepalive }, vec![host(other.address)])

@@ -52,6 +52,7 @@ fn net<'a>(policy: &'a Policy, hub: Option<PublicKey>) -> NetworkView<'a> {
         overlay: "100.64.0.0/24".parse().unwrap(),
         policy,
         primary_hub: hub,
+        hub_and_spoke: false,
     }
 }
 
@@ -286,4 +287,18 @@ fn deltas_apply_in_order_and_refuse_the_wrong_version() {
         serde_json::from_str::<MapUpdate>(&json).unwrap(),
         MapUpdate::Delta(delta)
     );
+}
+
+#[test]
+fn hub_and_spoke_sends_spoke_pairs_through_the_hub() {
+    let p = Policy::default();
+    let hub = N::new(1, "hub", true, true);
+    let a = N::new(2, "a", true, false);
+    let b = N::new(3, "b", true, false);
+    let mut n = net(&p, Some(hub.key));
+    n.hub_and_spoke = true;
+    let e = peer_entry(&a.view(), &b.view(), &n).unwrap();
+    assert_eq!(e.route, Route::ViaHub { hub: hub.key });
+    n.primary_hub = None;
+    assert!(peer_entry(&a.view(), &b.view(), &n).is_none());
 }
