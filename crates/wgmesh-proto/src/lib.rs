@@ -3,9 +3,10 @@
 //! It owns the per-peer WireGuard sessions (gotatun's `noise::Tunn`: Noise
 //! IKpsk2, transport data, timers, cookies, replay window), cryptokey routing
 //! (AllowedIPs, both directions), roaming, and the cross-platform UAPI text
-//! protocol that `wg(8)` speaks. Callers feed it packets and the time
-//! (`handle_*`), and drain what it wants sent (`poll_*`); it never touches a
-//! socket, a TUN device or a file.
+//! protocol that `wg(8)` speaks; and the STUN Binding codec (RFC 8489) a
+//! node learns its reflexive address with ([`stun`]). Callers feed it
+//! packets and the time (`handle_*`), and drain what it wants sent
+//! (`poll_*`); it never touches a socket, a TUN device or a file.
 //!
 //! It does not own the TUN device, the UDP socket, the UAPI socket or the
 //! event loop: that is wgmesh-dataplane.
@@ -17,6 +18,7 @@
 
 pub mod allowed_ips;
 pub mod device;
+pub mod stun;
 pub mod uapi;
 
 pub use device::{Counters, Device, DeviceError, Output};
