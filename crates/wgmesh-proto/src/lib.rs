@@ -18,7 +18,9 @@
 
 pub mod allowed_ips;
 pub mod device;
+pub mod filter;
 pub mod stun;
 pub mod uapi;
 
 pub use device::{Counters, Device, DeviceError, Output};
+pub use filter::{PacketFilter, Verdict};
