@@ -7,6 +7,7 @@ mod key_cmd;
 mod lab_cmd;
 mod plan_cmd;
 mod secret_file;
+mod server_cmd;
 mod wg_cmd;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ enum Command {
     /// A userspace WireGuard interface from a wg-quick file (root).
     #[command(subcommand)]
     Wg(WgCommand),
+    /// The coordination server: `wgmesh server init --database URL`, then
+    /// `wgmesh server --listen ADDR:PORT --database URL --tls-cert F --tls-key F`.
+    Server(server_cmd::ServerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
             foreground,
         }) => wg_cmd::up(&file, name.as_deref(), foreground),
         Command::Wg(WgCommand::Down { iface }) => wg_cmd::down(&iface),
+        Command::Server(args) => server_cmd::run(args),
         Command::Genkey { out, force } => key_cmd::genkey(out.as_deref(), force),
         Command::Pubkey => key_cmd::pubkey(),
         Command::Genpsk => key_cmd::genpsk(),

@@ -1,0 +1,89 @@
+//! The one error type of the API: a status code and an
+//! [`ApiErrorBody`], never internals (database messages are logged on the
+//! server, the client sees "internal error").
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use wgmesh_core::control::ApiErrorBody;
+
+use crate::service::ServiceError;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// No credential, or one the server does not know.
+    Unauthorized,
+    /// A valid credential of the wrong kind for this route.
+    Forbidden,
+    BadRequest(String),
+    Service(ServiceError),
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError::Service(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid bearer token".to_owned(),
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this credential may not use this route".to_owned(),
+            ),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Service(e) => match e {
+                ServiceError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+                ServiceError::NotFound(what) => (
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("{what} not found"),
+                ),
+                ServiceError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+                ServiceError::SetupKeyRefused(why) => {
+                    (StatusCode::FORBIDDEN, "setup_key_refused", why.to_owned())
+                }
+                other => {
+                    eprintln!("wgmesh server: internal error: {other}");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error".to_owned(),
+                    )
+                }
+            },
+        };
+        let body = ApiErrorBody {
+            error: code.to_owned(),
+            message,
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,128 @@
+//! Running the server: `wgmesh server init` and `wgmesh server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use tokio::net::UdpSocket;
+
+use crate::db::Db;
+use crate::service::{Actor, Service, ServiceConfig};
+
+/// How the HTTP side is served.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// HTTPS with this certificate chain and key (PEM).
+    Tls { cert: PathBuf, key: PathBuf },
+    /// Plain HTTP, for use behind a TLS-terminating proxy; only with the
+    /// operator's explicit `--insecure-http`.
+    InsecureHttp,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub database: String,
+    pub transport: Transport,
+    /// The STUN responder's UDP address; `None` to run none.
+    pub stun_listen: Option<SocketAddr>,
+    pub service: ServiceConfig,
+}
+
+/// `wgmesh server init`: creates the database (or brings its schema up
+/// to date) and a first admin token, returned for printing once.
+pub async fn init(database: &str) -> anyhow::Result<String> {
+    let db = Db::open(database).await?;
+    let svc = Service::load(db, ServiceConfig::default()).await?;
+    let token = svc
+        .create_admin_token(&Actor::Console, "initial")
+        .await
+        .context("creating the first admin token")?;
+    Ok(token)
+}
+
+/// `wgmesh server`: serves until the process is told to stop.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let db = Db::open(&config.database).await?;
+    let svc = Service::load(db, config.service.clone()).await?;
+    if let Some(addr) = config.stun_listen {
+        let sock = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding the STUN responder to UDP {addr}"))?;
+        eprintln!("wgmesh server: STUN on udp://{addr}");
+        tokio::spawn(crate::stun_server::serve(sock, svc.clone()));
+    }
+    let app = crate::api::app(svc.clone());
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    match &config.transport {
+        Transport::Tls { cert, key } => {
+            // One crypto provider for the process: ring (as gotatun's).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading the TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            eprintln!("wgmesh server: listening on https://{}", config.listen);
+            axum_server::bind_rustls(config.listen, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .with_context(|| format!("serving on {}", config.listen))?;
+        }
+        Transport::InsecureHttp => {
+            eprintln!(
+                "wgmesh server: listening on http://{} (plain HTTP: --insecure-http)",
+                config.listen
+            );
+            axum_server::bind(config.listen)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .with_context(|| format!("serving on {}", config.listen))?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    eprintln!("wgmesh server: stopping");
+}
+
+/// Checks the flag combination the CLI was given.
+pub fn transport(
+    insecure_http: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+) -> anyhow::Result<Transport> {
+    match (insecure_http, tls_cert, tls_key) {
+        (true, None, None) => Ok(Transport::InsecureHttp),
+        (false, Some(cert), Some(key)) => Ok(Transport::Tls { cert, key }),
+        (true, _, _) => bail!("--insecure-http and --tls-cert/--tls-key exclude each other"),
+        (false, None, None) => bail!(
+            "the server needs --tls-cert FILE --tls-key FILE, or --insecure-http to serve plain HTTP behind a TLS proxy"
+        ),
+        (false, _, _) => bail!("--tls-cert and --tls-key go together"),
+    }
+}

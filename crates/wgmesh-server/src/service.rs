@@ -1,0 +1,1008 @@
+//! Every change the server makes, as one function each: check, write the
+//! change and its audit entry in one database transaction, commit, then
+//! update the in-memory world and push the resulting map changes.
+//!
+//! The world's mutex is held from the check to the push, so changes are
+//! applied one at a time in commit order and the world never runs ahead
+//! of, or behind, the database.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use sqlx::{Any, Row, Transaction};
+use tokio::sync::{Mutex, MutexGuard, mpsc};
+use wgmesh_core::control::{
+    self, AuditEntry, CreateNetwork, CreateSetupKey, EndpointReport, EnrollRequest, EnrollResponse,
+    NetworkInfo, NodeInfo, SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
+};
+use wgmesh_core::netmap::policy::Policy;
+use wgmesh_core::netmap::{MapUpdate, NetworkMap};
+
+use crate::clock::{unix_millis, unix_secs};
+use crate::db::{Db, DbError};
+use crate::metrics::Metrics;
+use crate::secrets;
+use crate::world::{AdminToken, Network, Node, SetupKey, World};
+
+/// Why a request was refused. The API turns each into a status code and
+/// a message that never carries internals ([`crate::api::error`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A setup key that does not exist, is revoked, expired or used up.
+    #[error("{0}")]
+    SetupKeyRefused(&'static str),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("randomness unavailable: {0}")]
+    Random(getrandom::Error),
+}
+
+impl From<sqlx::Error> for ServiceError {
+    fn from(e: sqlx::Error) -> Self {
+        ServiceError::Db(DbError::Sql(e))
+    }
+}
+
+/// Who made a change, for the audit log.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    Admin {
+        token_id: i64,
+    },
+    Node {
+        id: i64,
+    },
+    SetupKey {
+        id: i64,
+    },
+    /// `wgmesh server init` on the server host itself.
+    Console,
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Admin { token_id } => write!(f, "admin:{token_id}"),
+            Actor::Node { id } => write!(f, "node:{id}"),
+            Actor::SetupKey { id } => write!(f, "setup-key:{id}"),
+            Actor::Console => f.write_str("console"),
+        }
+    }
+}
+
+/// Settings that are not in the database.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// A removed node's address is not given to another node for this
+    /// long (seconds), so stale firewall rules and caches elsewhere do
+    /// not grant its rights to a newcomer.
+    pub address_grace: i64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            address_grace: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Service {
+    db: Db,
+    world: Mutex<World>,
+    pub metrics: Metrics,
+    config: ServiceConfig,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("invariant: control types serialise to JSON")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, ServiceError> {
+    serde_json::from_str(text)
+        .map_err(|e| ServiceError::BadRequest(format!("stored {what} is unreadable: {e}")))
+}
+
+async fn audit(
+    tx: &mut Transaction<'_, Any>,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    before: Option<String>,
+    after: Option<String>,
+) -> Result<(), ServiceError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(unix_millis())
+    .bind(actor.to_string())
+    .bind(action)
+    .bind(target)
+    .bind(before)
+    .bind(after)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A DNS label: what node, network and group names may be.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !name.starts_with('-')
+}
+
+fn check_groups(groups: &[String]) -> Result<(), ServiceError> {
+    match groups.iter().find(|g| !valid_name(g)) {
+        Some(g) => Err(ServiceError::BadRequest(format!(
+            "invalid group name {g:?}: letters, digits, '-' and '_', at most 63"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn bool_i64(b: bool) -> i64 {
+    i64::from(b)
+}
+
+impl Service {
+    /// Loads the world from `db`.
+    pub async fn load(db: Db, config: ServiceConfig) -> Result<Arc<Self>, ServiceError> {
+        let mut world = World::default();
+        for r in sqlx::query("SELECT id, name, overlay, topology, policy, created_at FROM networks")
+            .fetch_all(&db.pool)
+            .await?
+        {
+            let overlay: String = r.try_get("overlay")?;
+            let topology: String = r.try_get("topology")?;
+            let policy: String = r.try_get("policy")?;
+            let net = Network {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                overlay: overlay
+                    .parse()
+                    .map_err(|_| ServiceError::BadRequest(format!("stored overlay {overlay:?}")))?,
+                topology: parse_json(&format!("\"{topology}\""), "topology")?,
+                policy: parse_json(&policy, "policy")?,
+                created_at: r.try_get("created_at")?,
+            };
+            world.networks.insert(net.id, net);
+        }
+        for r in sqlx::query(
+            "SELECT id, network_id, name, public_key, address, groups_json, hub, endpoints_json, credential_hash, last_seen, created_at, expires_at FROM nodes",
+        )
+        .fetch_all(&db.pool)
+        .await?
+        {
+            let key: String = r.try_get("public_key")?;
+            let address: String = r.try_get("address")?;
+            let mut node = Node::new(
+                r.try_get("id")?,
+                r.try_get("network_id")?,
+                r.try_get("name")?,
+                key.parse()
+                    .map_err(|_| ServiceError::BadRequest(format!("stored key {key:?}")))?,
+                address
+                    .parse()
+                    .map_err(|_| ServiceError::BadRequest(format!("stored address {address:?}")))?,
+                parse_json(&r.try_get::<String, _>("groups_json")?, "groups")?,
+                r.try_get::<i64, _>("hub")? != 0,
+                parse_json(&r.try_get::<String, _>("endpoints_json")?, "endpoints")?,
+                r.try_get("credential_hash")?,
+                r.try_get("created_at")?,
+            );
+            node.last_seen = r.try_get("last_seen")?;
+            node.expires_at = r.try_get("expires_at")?;
+            world.nodes.insert(node.id, node);
+        }
+        for r in sqlx::query(
+            "SELECT id, network_id, key_hash, prefix, reusable, expires_at, usage_limit, used, groups_json, hub, revoked, created_at FROM setup_keys",
+        )
+        .fetch_all(&db.pool)
+        .await?
+        {
+            let k = SetupKey {
+                id: r.try_get("id")?,
+                network_id: r.try_get("network_id")?,
+                key_hash: r.try_get("key_hash")?,
+                prefix: r.try_get("prefix")?,
+                reusable: r.try_get::<i64, _>("reusable")? != 0,
+                expires_at: r.try_get("expires_at")?,
+                usage_limit: r.try_get("usage_limit")?,
+                used: r.try_get("used")?,
+                groups: parse_json(&r.try_get::<String, _>("groups_json")?, "groups")?,
+                hub: r.try_get::<i64, _>("hub")? != 0,
+                revoked: r.try_get::<i64, _>("revoked")? != 0,
+                created_at: r.try_get("created_at")?,
+            };
+            world.setup_keys.insert(k.id, k);
+        }
+        for r in sqlx::query("SELECT id, name, token_hash FROM admin_tokens WHERE revoked = 0")
+            .fetch_all(&db.pool)
+            .await?
+        {
+            world.admin_tokens.insert(
+                r.try_get("token_hash")?,
+                AdminToken {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                },
+            );
+        }
+        for r in sqlx::query("SELECT network_id, address, released_at FROM released_addresses")
+            .fetch_all(&db.pool)
+            .await?
+        {
+            let address: String = r.try_get("address")?;
+            if let Ok(ip) = address.parse::<IpAddr>() {
+                world
+                    .released
+                    .insert((r.try_get("network_id")?, ip), r.try_get("released_at")?);
+            }
+        }
+        let metrics = Metrics::default();
+        Ok(Arc::new(Self {
+            db,
+            world: Mutex::new(world),
+            metrics,
+            config,
+        }))
+    }
+
+    pub async fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().await
+    }
+
+    /// Creates an admin token (`wgmesh server init`, or an admin asking
+    /// for another) and returns the secret, which is not stored.
+    pub async fn create_admin_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+    ) -> Result<String, ServiceError> {
+        let mut world = self.world.lock().await;
+        let secret =
+            secrets::generate(control::ADMIN_TOKEN_PREFIX).map_err(ServiceError::Random)?;
+        let hash = secrets::hash(&secret);
+        let mut tx = self.db.pool.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO admin_tokens (name, token_hash, created_at, revoked) VALUES ($1, $2, $3, 0) RETURNING id",
+        )
+        .bind(name)
+        .bind(&hash)
+        .bind(unix_secs())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        audit(
+            &mut tx,
+            actor,
+            "admin_token.create",
+            &format!("admin_token:{id}"),
+            None,
+            Some(json(&serde_json::json!({ "id": id, "name": name }))),
+        )
+        .await?;
+        tx.commit().await?;
+        world.admin_tokens.insert(
+            hash,
+            AdminToken {
+                id,
+                name: name.to_owned(),
+            },
+        );
+        Ok(secret)
+    }
+
+    pub async fn admin_by_token(&self, secret: &str) -> Option<AdminToken> {
+        self.world
+            .lock()
+            .await
+            .admin_tokens
+            .get(&secrets::hash(secret))
+            .cloned()
+    }
+
+    /// The node a credential belongs to, if it is valid now.
+    pub async fn node_by_credential(&self, secret: &str) -> Option<i64> {
+        let world = self.world.lock().await;
+        let node = world.node_by_credential(&secrets::hash(secret))?;
+        if node.expires_at.is_some_and(|e| unix_secs() >= e) {
+            return None;
+        }
+        Some(node.id)
+    }
+
+    pub async fn create_network(
+        &self,
+        actor: &Actor,
+        req: CreateNetwork,
+    ) -> Result<NetworkInfo, ServiceError> {
+        if !valid_name(&req.name) {
+            return Err(ServiceError::BadRequest(format!(
+                "invalid network name {:?}: letters, digits, '-' and '_', at most 63",
+                req.name
+            )));
+        }
+        let overlay = req.overlay.trunc();
+        let room = match overlay {
+            IpNet::V4(n) => 32 - u32::from(n.prefix_len()),
+            IpNet::V6(n) => 128 - u32::from(n.prefix_len()),
+        };
+        if room < 2 {
+            return Err(ServiceError::BadRequest(format!(
+                "overlay {overlay} is too small for a network"
+            )));
+        }
+        let mut world = self.world.lock().await;
+        if world.network_by_name(&req.name).is_some() {
+            return Err(ServiceError::Conflict(format!(
+                "network {:?} already exists",
+                req.name
+            )));
+        }
+        let policy = Policy::default();
+        let created_at = unix_secs();
+        let topology = topology_text(req.topology);
+        let mut tx = self.db.pool.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO networks (name, overlay, topology, policy, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(&req.name)
+        .bind(overlay.to_string())
+        .bind(topology)
+        .bind(json(&policy))
+        .bind(created_at)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        let net = Network {
+            id,
+            name: req.name.clone(),
+            overlay,
+            topology: req.topology,
+            policy,
+            created_at,
+        };
+        let info = world.network_info(&net);
+        audit(
+            &mut tx,
+            actor,
+            "network.create",
+            &format!("network:{}", req.name),
+            None,
+            Some(json(&info)),
+        )
+        .await?;
+        tx.commit().await?;
+        world.networks.insert(id, net);
+        Ok(info)
+    }
+
+    pub async fn networks(&self) -> Vec<NetworkInfo> {
+        let world = self.world.lock().await;
+        world
+            .networks
+            .values()
+            .map(|n| world.network_info(n))
+            .collect()
+    }
+
+    pub async fn network(&self, name: &str) -> Result<NetworkInfo, ServiceError> {
+        let world = self.world.lock().await;
+        let net = world
+            .network_by_name(name)
+            .ok_or_else(|| ServiceError::NotFound(format!("network {name:?}")))?;
+        Ok(world.network_info(net))
+    }
+
+    pub async fn policy(&self, network: &str) -> Result<Policy, ServiceError> {
+        let world = self.world.lock().await;
+        let net = world
+            .network_by_name(network)
+            .ok_or_else(|| ServiceError::NotFound(format!("network {network:?}")))?;
+        Ok(net.policy.clone())
+    }
+
+    pub async fn set_policy(
+        &self,
+        actor: &Actor,
+        network: &str,
+        policy: Policy,
+    ) -> Result<Policy, ServiceError> {
+        policy
+            .check()
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        let mut world = self.world.lock().await;
+        let net = world
+            .network_by_name(network)
+            .ok_or_else(|| ServiceError::NotFound(format!("network {network:?}")))?
+            .clone();
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("UPDATE networks SET policy = $1 WHERE id = $2")
+            .bind(json(&policy))
+            .bind(net.id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "policy.set",
+            &format!("network:{network}"),
+            Some(json(&net.policy)),
+            Some(json(&policy)),
+        )
+        .await?;
+        tx.commit().await?;
+        let before = world.before(net.id, None);
+        world
+            .networks
+            .get_mut(&net.id)
+            .expect("invariant: found above under the same lock")
+            .policy = policy.clone();
+        let sent = world.push_changes(before);
+        self.metrics.map_pushes(sent);
+        Ok(policy)
+    }
+
+    pub async fn create_setup_key(
+        &self,
+        actor: &Actor,
+        req: CreateSetupKey,
+    ) -> Result<SetupKeyCreated, ServiceError> {
+        check_groups(&req.groups)?;
+        if req.usage_limit.is_some_and(|l| l < 1) {
+            return Err(ServiceError::BadRequest(
+                "usage_limit must be at least 1".into(),
+            ));
+        }
+        if req.expires_in.is_some_and(|s| s < 1) {
+            return Err(ServiceError::BadRequest(
+                "expires_in must be at least 1 second".into(),
+            ));
+        }
+        let mut world = self.world.lock().await;
+        let network_id = world
+            .network_by_name(&req.network)
+            .ok_or_else(|| ServiceError::NotFound(format!("network {:?}", req.network)))?
+            .id;
+        let secret = secrets::generate(control::SETUP_KEY_PREFIX).map_err(ServiceError::Random)?;
+        let now = unix_secs();
+        let mut key = SetupKey {
+            id: 0,
+            network_id,
+            key_hash: secrets::hash(&secret),
+            prefix: secrets::display_prefix(&secret),
+            reusable: req.reusable,
+            expires_at: req.expires_in.map(|s| now.saturating_add(s)),
+            usage_limit: req.usage_limit,
+            used: 0,
+            groups: req.groups.clone(),
+            hub: req.hub,
+            revoked: false,
+            created_at: now,
+        };
+        let mut tx = self.db.pool.begin().await?;
+        key.id = sqlx::query(
+            "INSERT INTO setup_keys (network_id, key_hash, prefix, reusable, expires_at, usage_limit, used, groups_json, hub, revoked, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9) RETURNING id",
+        )
+        .bind(network_id)
+        .bind(&key.key_hash)
+        .bind(&key.prefix)
+        .bind(bool_i64(key.reusable))
+        .bind(key.expires_at)
+        .bind(key.usage_limit)
+        .bind(json(&key.groups))
+        .bind(bool_i64(key.hub))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        let info = key.info(&req.network);
+        audit(
+            &mut tx,
+            actor,
+            "setup_key.create",
+            &format!("setup_key:{}", key.id),
+            None,
+            Some(json(&info)),
+        )
+        .await?;
+        tx.commit().await?;
+        world.setup_keys.insert(key.id, key);
+        Ok(SetupKeyCreated { info, key: secret })
+    }
+
+    pub async fn setup_keys(&self) -> Vec<SetupKeyInfo> {
+        let world = self.world.lock().await;
+        world
+            .setup_keys
+            .values()
+            .map(|k| k.info(&world.networks[&k.network_id].name))
+            .collect()
+    }
+
+    pub async fn revoke_setup_key(
+        &self,
+        actor: &Actor,
+        id: i64,
+    ) -> Result<SetupKeyInfo, ServiceError> {
+        let mut world = self.world.lock().await;
+        let key = world
+            .setup_keys
+            .get(&id)
+            .ok_or_else(|| ServiceError::NotFound(format!("setup key {id}")))?;
+        let network = world.networks[&key.network_id].name.clone();
+        let before = key.info(&network);
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("UPDATE setup_keys SET revoked = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let mut after = before.clone();
+        after.revoked = true;
+        audit(
+            &mut tx,
+            actor,
+            "setup_key.revoke",
+            &format!("setup_key:{id}"),
+            Some(json(&before)),
+            Some(json(&after)),
+        )
+        .await?;
+        tx.commit().await?;
+        world
+            .setup_keys
+            .get_mut(&id)
+            .expect("invariant: found above under the same lock")
+            .revoked = true;
+        Ok(after)
+    }
+
+    /// The lowest free host address of the overlay, skipping addresses
+    /// still in their grace period.
+    fn allocate(&self, world: &World, net: &Network) -> Option<IpAddr> {
+        let now = unix_secs();
+        let used: HashSet<IpAddr> = world.nodes_of(net.id).map(|n| n.address).collect();
+        let free = |ip: &IpAddr| {
+            !used.contains(ip)
+                && world
+                    .released
+                    .get(&(net.id, *ip))
+                    .is_none_or(|at| now - at >= self.config.address_grace)
+        };
+        match net.overlay {
+            IpNet::V4(n) => n.hosts().map(IpAddr::V4).find(free),
+            // The subnet-router anycast address (all zeros) is not a host.
+            IpNet::V6(n) => n.hosts().skip(1).map(IpAddr::V6).find(free),
+        }
+    }
+
+    /// Enrols a node, or re-enrols the same key (same node and address, a
+    /// new credential; the old one stops working).
+    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, ServiceError> {
+        let result = self.enroll_inner(req).await;
+        if result.is_err() {
+            self.metrics.enrolment_failed();
+        }
+        result
+    }
+
+    async fn enroll_inner(&self, req: EnrollRequest) -> Result<EnrollResponse, ServiceError> {
+        if !valid_name(&req.name) {
+            return Err(ServiceError::BadRequest(format!(
+                "invalid node name {:?}: letters, digits, '-' and '_', at most 63",
+                req.name
+            )));
+        }
+        let mut world = self.world.lock().await;
+        let now = unix_secs();
+        let key = world
+            .setup_key_by_hash(&secrets::hash(&req.setup_key))
+            .ok_or(ServiceError::SetupKeyRefused("unknown setup key"))?
+            .clone();
+        let net = world.networks[&key.network_id].clone();
+        let existing = world
+            .nodes_of(net.id)
+            .find(|n| n.public_key == req.public_key)
+            .map(|n| n.id);
+        if existing.is_none() {
+            if let Some(why) = key.refusal(now) {
+                return Err(ServiceError::SetupKeyRefused(why));
+            }
+        } else if key.revoked || key.expires_at.is_some_and(|e| now >= e) {
+            return Err(ServiceError::SetupKeyRefused(
+                "setup key revoked or expired",
+            ));
+        }
+        if world
+            .nodes_of(net.id)
+            .any(|n| n.name == req.name && Some(n.id) != existing)
+        {
+            return Err(ServiceError::Conflict(format!(
+                "another node of {:?} is named {:?}",
+                net.name, req.name
+            )));
+        }
+        let credential =
+            secrets::generate(control::NODE_CREDENTIAL_PREFIX).map_err(ServiceError::Random)?;
+        let credential_hash = secrets::hash(&credential);
+        let actor = Actor::SetupKey { id: key.id };
+        let mut tx = self.db.pool.begin().await?;
+        let (id, before_info) = match existing {
+            Some(id) => {
+                let before = world.nodes[&id].info(&net.name);
+                sqlx::query(
+                    "UPDATE nodes SET credential_hash = $1, name = $2, endpoints_json = $3, last_seen = $4 WHERE id = $5",
+                )
+                .bind(&credential_hash)
+                .bind(&req.name)
+                .bind(json(&req.endpoints))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                (id, Some(before))
+            }
+            None => {
+                let address = self.allocate(&world, &net).ok_or_else(|| {
+                    ServiceError::Conflict(format!("overlay {} has no free address", net.overlay))
+                })?;
+                let id: i64 = sqlx::query(
+                    "INSERT INTO nodes (network_id, name, public_key, address, groups_json, hub, endpoints_json, credential_hash, last_seen, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL) RETURNING id",
+                )
+                .bind(net.id)
+                .bind(&req.name)
+                .bind(req.public_key.to_string())
+                .bind(address.to_string())
+                .bind(json(&key.groups))
+                .bind(bool_i64(key.hub))
+                .bind(json(&req.endpoints))
+                .bind(&credential_hash)
+                .bind(now)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("id")?;
+                sqlx::query("UPDATE setup_keys SET used = used + 1 WHERE id = $1")
+                    .bind(key.id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "DELETE FROM released_addresses WHERE network_id = $1 AND address = $2",
+                )
+                .bind(net.id)
+                .bind(address.to_string())
+                .execute(&mut *tx)
+                .await?;
+                let node = Node::new(
+                    id,
+                    net.id,
+                    req.name.clone(),
+                    req.public_key,
+                    address,
+                    key.groups.clone(),
+                    key.hub,
+                    req.endpoints.clone(),
+                    credential_hash.clone(),
+                    now,
+                );
+                // Inserted after the commit, below; kept here to build
+                // the audit record.
+                let info = node.info(&net.name);
+                audit(
+                    &mut tx,
+                    &actor,
+                    "node.enroll",
+                    &format!("node:{id}"),
+                    None,
+                    Some(json(&info)),
+                )
+                .await?;
+                tx.commit().await?;
+                let before = world.before(net.id, Some(id));
+                world.nodes.insert(id, node);
+                world.released.remove(&(net.id, address));
+                if let Some(k) = world.setup_keys.get_mut(&key.id) {
+                    k.used += 1;
+                }
+                return self.finish_enroll(&mut world, before, id, credential);
+            }
+        };
+        let mut after = before_info
+            .clone()
+            .expect("invariant: set for an existing node");
+        after.name = req.name.clone();
+        after.endpoints = req.endpoints.clone();
+        audit(
+            &mut tx,
+            &actor,
+            "node.reenroll",
+            &format!("node:{id}"),
+            before_info.as_ref().map(json),
+            Some(json(&after)),
+        )
+        .await?;
+        tx.commit().await?;
+        let before = world.before(net.id, Some(id));
+        {
+            let node = world.nodes.get_mut(&id).expect("invariant: found above");
+            node.credential_hash = credential_hash;
+            node.name = req.name.clone();
+            node.set_endpoints(req.endpoints.clone());
+            node.last_seen = Some(now);
+            // The old credential's streams end with it.
+            node.streams.clear();
+        }
+        self.finish_enroll(&mut world, before, id, credential)
+    }
+
+    fn finish_enroll(
+        &self,
+        world: &mut World,
+        before: crate::world::Before,
+        id: i64,
+        credential: String,
+    ) -> Result<EnrollResponse, ServiceError> {
+        let sent = world.push_changes(before);
+        self.metrics.map_pushes(sent);
+        let node = &world.nodes[&id];
+        let network = world.networks[&node.network_id].name.clone();
+        let map = world
+            .full_map(node)
+            .expect("invariant: the node's network exists");
+        Ok(EnrollResponse {
+            node: node.info(&network),
+            credential,
+            map,
+        })
+    }
+
+    pub async fn node_map(&self, node_id: i64) -> Result<NetworkMap, ServiceError> {
+        let world = self.world.lock().await;
+        let node = world
+            .nodes
+            .get(&node_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("node {node_id}")))?;
+        Ok(world
+            .full_map(node)
+            .expect("invariant: the node's network exists"))
+    }
+
+    /// Opens a map stream for a node: a full map, then deltas.
+    pub async fn subscribe(&self, node_id: i64) -> Result<mpsc::Receiver<MapUpdate>, ServiceError> {
+        let mut world = self.world.lock().await;
+        let rx = world
+            .subscribe(node_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("node {node_id}")))?;
+        if let Some(n) = world.nodes.get_mut(&node_id) {
+            n.last_seen = Some(unix_secs());
+        }
+        self.metrics.map_pushes(1);
+        Ok(rx)
+    }
+
+    pub async fn report_endpoints(
+        &self,
+        node_id: i64,
+        report: EndpointReport,
+    ) -> Result<(), ServiceError> {
+        if report.local.len() > 64 {
+            return Err(ServiceError::BadRequest(
+                "at most 64 local endpoints".into(),
+            ));
+        }
+        let mut world = self.world.lock().await;
+        let node = world
+            .nodes
+            .get(&node_id)
+            .ok_or_else(|| ServiceError::NotFound(format!("node {node_id}")))?;
+        let network_id = node.network_id;
+        let now = unix_secs();
+        let changed = node.endpoints != report;
+        sqlx::query("UPDATE nodes SET endpoints_json = $1, last_seen = $2 WHERE id = $3")
+            .bind(json(&report))
+            .bind(now)
+            .bind(node_id)
+            .execute(&self.db.pool)
+            .await?;
+        if !changed {
+            if let Some(n) = world.nodes.get_mut(&node_id) {
+                n.last_seen = Some(now);
+            }
+            return Ok(());
+        }
+        let before = world.before(network_id, Some(node_id));
+        {
+            let n = world
+                .nodes
+                .get_mut(&node_id)
+                .expect("invariant: found above");
+            n.set_endpoints(report);
+            n.last_seen = Some(now);
+        }
+        let sent = world.push_changes(before);
+        self.metrics.map_pushes(sent);
+        Ok(())
+    }
+
+    pub async fn nodes(&self, network: Option<&str>) -> Result<Vec<NodeInfo>, ServiceError> {
+        let world = self.world.lock().await;
+        let filter = match network {
+            Some(name) => Some(
+                world
+                    .network_by_name(name)
+                    .ok_or_else(|| ServiceError::NotFound(format!("network {name:?}")))?
+                    .id,
+            ),
+            None => None,
+        };
+        Ok(world
+            .nodes
+            .values()
+            .filter(|n| filter.is_none_or(|f| n.network_id == f))
+            .map(|n| n.info(&world.networks[&n.network_id].name))
+            .collect())
+    }
+
+    pub async fn node(&self, id: i64) -> Result<NodeInfo, ServiceError> {
+        let world = self.world.lock().await;
+        let n = world
+            .nodes
+            .get(&id)
+            .ok_or_else(|| ServiceError::NotFound(format!("node {id}")))?;
+        Ok(n.info(&world.networks[&n.network_id].name))
+    }
+
+    pub async fn update_node(
+        &self,
+        actor: &Actor,
+        id: i64,
+        req: UpdateNode,
+    ) -> Result<NodeInfo, ServiceError> {
+        if let Some(g) = &req.groups {
+            check_groups(g)?;
+        }
+        let mut world = self.world.lock().await;
+        let n = world
+            .nodes
+            .get(&id)
+            .ok_or_else(|| ServiceError::NotFound(format!("node {id}")))?;
+        let network = world.networks[&n.network_id].name.clone();
+        let network_id = n.network_id;
+        let before_info = n.info(&network);
+        let hub = req.hub.unwrap_or(n.hub);
+        let groups = req.groups.clone().unwrap_or_else(|| n.groups.clone());
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("UPDATE nodes SET hub = $1, groups_json = $2 WHERE id = $3")
+            .bind(bool_i64(hub))
+            .bind(json(&groups))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let mut after = before_info.clone();
+        after.hub = hub;
+        after.groups = groups.clone();
+        audit(
+            &mut tx,
+            actor,
+            "node.update",
+            &format!("node:{id}"),
+            Some(json(&before_info)),
+            Some(json(&after)),
+        )
+        .await?;
+        tx.commit().await?;
+        let before = world.before(network_id, Some(id));
+        {
+            let n = world.nodes.get_mut(&id).expect("invariant: found above");
+            n.hub = hub;
+            n.groups = groups;
+        }
+        let sent = world.push_changes(before);
+        self.metrics.map_pushes(sent);
+        Ok(after)
+    }
+
+    /// Removes a node: every other node drops it from its map at once, its
+    /// credential stops working, and its address rests for the grace
+    /// period.
+    pub async fn delete_node(&self, actor: &Actor, id: i64) -> Result<NodeInfo, ServiceError> {
+        let mut world = self.world.lock().await;
+        let n = world
+            .nodes
+            .get(&id)
+            .ok_or_else(|| ServiceError::NotFound(format!("node {id}")))?;
+        let network_id = n.network_id;
+        let address = n.address;
+        let info = n.info(&world.networks[&network_id].name);
+        let now = unix_secs();
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("DELETE FROM nodes WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM released_addresses WHERE network_id = $1 AND address = $2")
+            .bind(network_id)
+            .bind(address.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO released_addresses (network_id, address, released_at) VALUES ($1, $2, $3)",
+        )
+        .bind(network_id)
+        .bind(address.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            actor,
+            "node.delete",
+            &format!("node:{id}"),
+            Some(json(&info)),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        let before = world.before(network_id, Some(id));
+        world.close_streams(id);
+        world.nodes.remove(&id);
+        world.released.insert((network_id, address), now);
+        let sent = world.push_changes(before);
+        self.metrics.map_pushes(sent);
+        Ok(info)
+    }
+
+    pub async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, ServiceError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, before_json, after_json FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(&self.db.pool)
+        .await?;
+        let value = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
+        rows.into_iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    before: value(r.try_get("before_json")?),
+                    after: value(r.try_get("after_json")?),
+                })
+            })
+            .collect()
+    }
+
+    /// For metrics: (nodes, online nodes).
+    pub async fn node_counts(&self) -> (usize, usize) {
+        let world = self.world.lock().await;
+        let online = world.nodes.values().filter(|n| n.online()).count();
+        (world.nodes.len(), online)
+    }
+}
+
+fn topology_text(t: Topology) -> &'static str {
+    match t {
+        Topology::FullMesh => "full-mesh",
+        Topology::HubAndSpoke => "hub-and-spoke",
+    }
+}
