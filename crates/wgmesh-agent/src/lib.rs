@@ -1,1 +1,23 @@
-//! wgmesh-agent: placeholder, filled in by issue 5.
+//! wgmesh-agent: the node daemon (`wgmesh up`).
+//!
+//! It owns the node's side of the control plane and drives the engine:
+//! - [`state`]: the state directory (private key, credential, cached map);
+//! - [`client`] and [`sse`]: the control API over HTTPS (enrolment, the
+//!   map and its server-sent-event stream, endpoint reports), with public
+//!   JSON helpers the admin CLI reuses;
+//! - [`apply`]: network map → the minimal WireGuard `set`;
+//! - [`run`]: the daemon's loop: enrol, bring the interface up, follow
+//!   the map stream, report endpoints, reconnect, tear down on a signal;
+//! - [`status`]: the status socket and `wgmesh status`.
+//!
+//! It owns no WireGuard protocol logic (wgmesh-proto's), no packet IO
+//! (wgmesh-dataplane's) and no map compilation (the server's, through
+//! wgmesh-core).
+
+pub mod apply;
+pub mod client;
+mod error;
+pub mod sse;
+pub mod state;
+
+pub use error::AgentError;
