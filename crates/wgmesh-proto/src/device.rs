@@ -25,6 +25,12 @@
 //! first version's price for a simple API; the batched, allocation-free data
 //! path is a later step.
 //!
+//! Filtering: with a [`PacketFilter`] set ([`Device::set_filter`]), every
+//! packet sent records its flow and every decrypted packet that passed the
+//! AllowedIPs check must also pass the filter (the node's network policy,
+//! see `filter.rs`), or is dropped as [`DeviceError::Filtered`]. Without
+//! one (`wgmesh wg up`), the device is a plain WireGuard interface.
+//!
 //! Memory: a peer's gotatun `Tunn` is about 19 KB (eight session slots,
 //! each with an 8,192-bit replay bitmap), so it is boxed and made on first
 //! use (see `Peer::ensure_tunn`): a configured peer that has had no
@@ -50,6 +56,7 @@ use wgmesh_core::key::{PresharedKey, PrivateKey, PublicKey};
 pub use gotatun::noise::TimerParams;
 
 use crate::allowed_ips::AllowedIps;
+use crate::filter::{DenyReason, PacketFilter, Verdict};
 use crate::uapi::{DeviceSnapshot, PeerChange, PeerSnapshot, SetCommand};
 
 /// Handshake messages accepted per source IP per second before the device
@@ -125,6 +132,10 @@ pub enum DeviceError {
     /// From the network: a decrypted payload that is not an IP packet.
     #[error("decrypted payload is not an IPv4 or IPv6 packet")]
     InvalidInnerPacket,
+    /// From the network: a decrypted packet from an allowed source that
+    /// the packet filter denies (the network's policy).
+    #[error("packet from {src} filtered: {reason}")]
+    Filtered { src: IpAddr, reason: DenyReason },
     /// A `set` that would leave more peers than the device allows.
     #[error("too many peers (the limit is {limit})")]
     TooManyPeers { limit: usize },
@@ -164,6 +175,8 @@ pub struct Counters {
     pub dropped_replay: u64,
     pub dropped_source_not_allowed: u64,
     pub dropped_invalid_inner_packet: u64,
+    /// Denied by the packet filter (its own counters say why).
+    pub dropped_filtered: u64,
     /// `set` commands refused.
     pub refused_sets: u64,
 }
@@ -183,6 +196,7 @@ impl Counters {
             + self.dropped_replay
             + self.dropped_source_not_allowed
             + self.dropped_invalid_inner_packet
+            + self.dropped_filtered
     }
 
     fn record(&mut self, error: &DeviceError) {
@@ -199,6 +213,7 @@ impl Counters {
             DeviceError::Replay => &mut self.dropped_replay,
             DeviceError::SourceNotAllowed(_) => &mut self.dropped_source_not_allowed,
             DeviceError::InvalidInnerPacket => &mut self.dropped_invalid_inner_packet,
+            DeviceError::Filtered { .. } => &mut self.dropped_filtered,
             DeviceError::TooManyPeers { .. } => &mut self.refused_sets,
         };
         *counter += 1;
@@ -315,6 +330,8 @@ pub struct Device {
     peer_limit: usize,
     timer_params: TimerParams,
     counters: Counters,
+    /// The inbound filter, when the node enforces a policy.
+    filter: Option<PacketFilter>,
 }
 
 impl fmt::Debug for Device {
@@ -335,6 +352,7 @@ impl fmt::Debug for Device {
                     .collect::<Vec<_>>(),
             )
             .field("counters", &self.counters)
+            .field("filtered", &self.filter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -365,6 +383,7 @@ impl Device {
             peer_limit: DEFAULT_PEER_LIMIT,
             timer_params: TimerParams::default(),
             counters: Counters::default(),
+            filter: None,
         }
     }
 
@@ -408,6 +427,21 @@ impl Device {
         if let Some(identity) = &mut self.identity {
             identity.rate_limiter = Arc::new(RateLimiter::new(&identity.public, per_second));
         }
+    }
+
+    /// Sets (or, with `None`, removes) the inbound packet filter. Without
+    /// one, every packet that passes cryptokey routing is delivered.
+    pub fn set_filter(&mut self, filter: Option<PacketFilter>) {
+        self.filter = filter;
+    }
+
+    /// The filter, to update its rules from a new map (keeping its flows).
+    pub fn filter_mut(&mut self) -> Option<&mut PacketFilter> {
+        self.filter.as_mut()
+    }
+
+    pub fn filter(&self) -> Option<&PacketFilter> {
+        self.filter.as_ref()
     }
 
     /// The most peers a `set` may leave configured.
@@ -675,7 +709,7 @@ impl Device {
 
     fn tun_inner(
         &mut self,
-        _now: Instant,
+        now: Instant,
         packet: &[u8],
         out: &mut Vec<Output>,
     ) -> Result<(), DeviceError> {
@@ -694,6 +728,10 @@ impl Device {
         let to = peer
             .endpoint
             .ok_or(DeviceError::NoEndpoint(peer.public_key))?;
+        if let Some(filter) = &mut self.filter {
+            // The packet leaves: its replies may come back.
+            filter.outbound(now, &packet[..ip.len]);
+        }
         peer.ensure_tunn(identity, &self.index_table, &self.timer_params);
         let tunn = peer.tunn.as_mut().expect("invariant: ensured above");
         let packet = Packet::copy_from(&packet[..ip.len]);
@@ -852,6 +890,15 @@ impl Device {
                 // an address we would route to this very peer.
                 if self.routes.lookup(ip.src) != Some(&id) {
                     return Err(DeviceError::SourceNotAllowed(ip.src));
+                }
+                // Policy, on a source that is now known to be genuine.
+                if let Some(filter) = &mut self.filter
+                    && let Verdict::Deny(reason) = filter.inbound(now, &packet[..ip.len])
+                {
+                    return Err(DeviceError::Filtered {
+                        src: ip.src,
+                        reason,
+                    });
                 }
                 self.counters.rx_data_packets += 1;
                 // The length from the IP header drops the zero padding.

@@ -4,7 +4,9 @@
 //! IKpsk2, transport data, timers, cookies, replay window), cryptokey routing
 //! (AllowedIPs, both directions), roaming, and the cross-platform UAPI text
 //! protocol that `wg(8)` speaks; and the STUN Binding codec (RFC 8489) a
-//! node learns its reflexive address with ([`stun`]). Callers feed it
+//! node learns its reflexive address with ([`stun`]); and the inbound
+//! packet filter a mesh node enforces its network's policy with
+//! ([`filter`]: rules per source, a flow table for replies). Callers feed it
 //! packets and the time (`handle_*`), and drain what it wants sent
 //! (`poll_*`); it never touches a socket, a TUN device or a file.
 //!

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::uapi::{PeerChange, SetCommand};
+use wgmesh_core::netmap::{Action, FilterRule, PortRange, Proto};
 
 fn random_bytes() -> [u8; 32] {
     let mut b = [0u8; 32];
@@ -29,12 +30,17 @@ fn sock(s: &str) -> SocketAddr {
 }
 
 fn ipv4(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    ipv4_proto(src, dst, 17, payload)
+}
+
+/// IPv4 with this protocol number (`ipv4` says UDP).
+fn ipv4_proto(src: &str, dst: &str, proto: u8, payload: &[u8]) -> Vec<u8> {
     let src: Ipv4Addr = src.parse().expect("test address");
     let dst: Ipv4Addr = dst.parse().expect("test address");
     let total = u16::try_from(20 + payload.len()).expect("small packet");
     let mut p = vec![0x45, 0];
     p.extend(total.to_be_bytes());
-    p.extend([0, 0, 0x40, 0, 64, 17, 0, 0]);
+    p.extend([0, 0, 0x40, 0, 64, proto, 0, 0]);
     p.extend(src.octets());
     p.extend(dst.octets());
     let sum = p
@@ -1146,4 +1152,127 @@ fn device_can_move_to_another_thread() {
     assert_send::<Device>();
     assert_send::<Output>();
     assert_send::<DeviceError>();
+}
+
+/// A TCP header (no options) from `sport` to `dport`.
+fn tcp_header(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend(sport.to_be_bytes());
+    t.extend(dport.to_be_bytes());
+    t.extend([0; 8]);
+    t.extend([0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    t
+}
+
+/// A UDP header and 4 bytes of data.
+fn udp_datagram(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend(sport.to_be_bytes());
+    u.extend(dport.to_be_bytes());
+    u.extend([0, 12, 0, 0]);
+    u.extend(b"data");
+    u
+}
+
+/// B (10.0.0.2, fd00::2) filters what A (10.0.0.1, fd00::1) sends it.
+fn filtering_pair(default: Action, a_rules: Vec<FilterRule>) -> Net {
+    let mut n = pair(false, false);
+    let mut filter = PacketFilter::new(
+        vec![
+            "10.0.0.2".parse().expect("ip"),
+            "fd00::2".parse().expect("ip"),
+        ],
+        default,
+    );
+    filter.set_sources([
+        ("10.0.0.1".parse().expect("ip"), a_rules.clone()),
+        ("fd00::1".parse().expect("ip"), a_rules),
+    ]);
+    n.nodes[B].dev.set_filter(Some(filter));
+    n
+}
+
+#[test]
+fn the_filter_drops_and_counts_what_the_policy_denies() {
+    // The case: A may not reach B on TCP/22; ping and TCP/80 pass.
+    let ssh_denied = FilterRule {
+        action: Action::Deny,
+        proto: Proto::Tcp,
+        ports: Some(PortRange::new(22, 22).expect("port")),
+    };
+    let mut n = filtering_pair(Action::Allow, vec![ssh_denied]);
+    let ssh = ipv4_proto("10.0.0.1", "10.0.0.2", 6, &tcp_header(40000, 22));
+    let http = ipv4_proto("10.0.0.1", "10.0.0.2", 6, &tcp_header(40000, 80));
+    let ping = ipv4_proto("10.0.0.1", "10.0.0.2", 1, &[8, 0, 0, 0, 0, 1, 0, 1]);
+
+    n.send(A, &ssh).expect("A sends");
+    assert!(n.nodes[B].tun.is_empty(), "{:?}", n.nodes[B].tun);
+    let c = n.counters(B);
+    assert_eq!(c.dropped_filtered, 1, "{c:?}");
+    assert_eq!(c.dropped(), 1);
+    assert_eq!(c.rx_data_packets, 0);
+    assert_eq!(c.handshakes_completed, 1, "the handshake is not filtered");
+    let filter = n.nodes[B].dev.filter().expect("filter set");
+    assert_eq!(filter.counters().denied_by_policy, 1);
+
+    n.send(A, &http).expect("A sends");
+    n.send(A, &ping).expect("A sends");
+    assert_eq!(n.nodes[B].tun, vec![http.clone(), ping]);
+    assert_eq!(n.counters(B).rx_data_packets, 2);
+    assert_eq!(n.counters(B).dropped_filtered, 1);
+
+    // The error says why, for logs.
+    let mut out = Vec::new();
+    let datagram = fresh_data_packet(&mut n, A, &ssh);
+    let (now, from) = (n.now, n.nodes[A].addr);
+    assert_eq!(
+        n.nodes[B].dev.handle_udp(now, from, &datagram, &mut out),
+        Err(DeviceError::Filtered {
+            src: "10.0.0.1".parse().expect("ip"),
+            reason: DenyReason::Policy {
+                proto: 6,
+                port: Some(22)
+            },
+        })
+    );
+    assert!(out.is_empty());
+    assert_eq!(n.counters(B).dropped_filtered, 2);
+
+    // Without the filter, B is a plain WireGuard interface again.
+    n.nodes[B].dev.set_filter(None);
+    n.send(A, &ssh).expect("A sends");
+    assert_eq!(n.nodes[B].tun.last(), Some(&ssh));
+}
+
+#[test]
+fn the_filter_lets_in_replies_to_what_the_node_sent() {
+    // Default deny, no rule for A: only replies to B's own flows pass.
+    let mut n = filtering_pair(Action::Deny, Vec::new());
+    let to_b = ipv4_proto("10.0.0.1", "10.0.0.2", 17, &udp_datagram(53, 5353));
+    n.send(A, &to_b).expect("A sends");
+    assert!(n.nodes[B].tun.is_empty());
+    assert_eq!(n.counters(B).dropped_filtered, 1);
+
+    // B asks; A (unfiltered) hears it and answers; B hears the answer.
+    let query = ipv4_proto("10.0.0.2", "10.0.0.1", 17, &udp_datagram(5353, 53));
+    n.send(B, &query).expect("B sends");
+    assert_eq!(n.nodes[A].tun, vec![query]);
+    assert_eq!(n.nodes[B].dev.filter().expect("set").flow_count(), 1);
+    n.send(A, &to_b).expect("A answers");
+    assert_eq!(n.nodes[B].tun, vec![to_b]);
+    assert_eq!(n.counters(B).dropped_filtered, 1);
+
+    // A rule change (a new map) keeps the flow.
+    n.nodes[B]
+        .dev
+        .filter_mut()
+        .expect("set")
+        .set_sources([("10.0.0.1".parse().expect("ip"), Vec::new())]);
+    let again = ipv4_proto("10.0.0.1", "10.0.0.2", 17, &udp_datagram(53, 5353));
+    n.send(A, &again).expect("A answers");
+    assert_eq!(n.nodes[B].tun.len(), 2);
+    let other_port = ipv4_proto("10.0.0.1", "10.0.0.2", 17, &udp_datagram(53, 5354));
+    n.send(A, &other_port).expect("A sends");
+    assert_eq!(n.nodes[B].tun.len(), 2);
+    assert_eq!(n.counters(B).dropped_filtered, 2);
 }
