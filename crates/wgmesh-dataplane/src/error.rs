@@ -2,6 +2,7 @@
 //! port from a missing TUN driver.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// An error of the IO shell.
@@ -29,6 +30,9 @@ pub enum DataplaneError {
     /// The protocol state refused a configuration.
     #[error("the device refused the configuration: {0}")]
     Device(#[from] wgmesh_proto::device::DeviceError),
+    /// Sending a datagram from the interface's socket failed.
+    #[error("cannot send to {to}: {source}")]
+    Send { to: SocketAddr, source: io::Error },
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),

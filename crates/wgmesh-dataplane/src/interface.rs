@@ -23,6 +23,19 @@
 //! to feed the inputs and collect the outputs, and does its IO after
 //! letting go. The two readers run in parallel on two cores: one encrypts,
 //! the other decrypts.
+//!
+//! The UDP socket is shared with protocols other than WireGuard, so that
+//! what they learn is about the WireGuard port itself: a STUN Binding
+//! request sent from it learns the NAT mapping peers must use. The UDP
+//! reader demultiplexes each datagram (each one of a GRO run, too) by its
+//! first bytes: WireGuard's start with the message type 1..=4 and three
+//! zero bytes, which costs one comparison on the hot path; anything else
+//! that [`stun::is_stun`] accepts (RFC 8489 §6.3: zero top bits, magic
+//! cookie, consistent length) goes to [`InterfaceConfig::on_foreign`]
+//! instead of the device, or is counted in [`IoStats::foreign_dropped`]
+//! when there is no handler; the rest goes to the device, which refuses
+//! it. [`Interface::send_foreign`] sends such datagrams out of the same
+//! socket (whichever is current after a `listen_port` change).
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,6 +49,7 @@ use tun_rs::{
     DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN,
 };
 use wgmesh_proto::device::{Device, Output, TimerParams};
+use wgmesh_proto::stun;
 use wgmesh_proto::uapi::{self, Request, SetCommand};
 
 use crate::DataplaneError;
@@ -62,6 +76,14 @@ const PACKET_SLACK: usize = 256;
 /// the owner should tear it down.
 pub type OnFatal = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Called with each datagram the engine's socket receives that is not
+/// WireGuard but STUN (see the module doc), and its sender (canonical: plain
+/// IPv4 for an IPv4 peer). It runs on the UDP reader thread, outside the
+/// device lock: it must be quick (hand the bytes to a channel, or answer
+/// with [`Interface::send_foreign`]) and must not panic, which would take
+/// the interface down like any dead reader.
+pub type ForeignHandler = Arc<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
+
 /// What to create.
 #[derive(Clone)]
 pub struct InterfaceConfig {
@@ -78,6 +100,9 @@ pub struct InterfaceConfig {
     /// [`Device::dangerously_set_timer_params`]): only for tests that must
     /// see a rekey in seconds. `None` keeps the paper's timers.
     pub dangerous_timer_params: Option<TimerParams>,
+    /// Where STUN datagrams received on the WireGuard socket go; `None`
+    /// counts and drops them.
+    pub on_foreign: Option<ForeignHandler>,
 }
 
 impl std::fmt::Debug for InterfaceConfig {
@@ -101,6 +126,7 @@ impl InterfaceConfig {
             uapi_dir: PathBuf::from(uapi_server::SOCKET_DIR),
             on_fatal: None,
             dangerous_timer_params: None,
+            on_foreign: None,
         }
     }
 }
@@ -116,6 +142,9 @@ pub struct IoStats {
     /// Packets or datagrams the device refused (`handle_*` errors).
     pub device_drops: AtomicU64,
     pub uapi_errors: AtomicU64,
+    /// STUN datagrams received with no [`InterfaceConfig::on_foreign`]
+    /// handler to take them.
+    pub foreign_dropped: AtomicU64,
 }
 
 /// Logs the first of a kind of event, then at most one line per
@@ -157,6 +186,7 @@ struct Shared {
     log_device: SparseLog,
     on_fatal: Option<OnFatal>,
     fatal_sent: AtomicBool,
+    on_foreign: Option<ForeignHandler>,
 }
 
 impl Shared {
@@ -476,6 +506,7 @@ impl Interface {
             log_device: SparseLog::default(),
             on_fatal: config.on_fatal.clone(),
             fatal_sent: AtomicBool::new(false),
+            on_foreign: config.on_foreign.clone(),
         });
         let tun_wake = Arc::new(InterruptEvent::new().map_err(|source| DataplaneError::Tun {
             name: name.clone(),
@@ -561,6 +592,29 @@ impl Interface {
 
     pub fn io_stats(&self) -> &IoStats {
         &self.shared.stats
+    }
+
+    /// Sends one non-WireGuard datagram (a STUN request or response) to
+    /// `to` from the interface's own UDP socket, the one WireGuard uses,
+    /// so that it leaves through the same NAT mapping. An IPv4 `to` is
+    /// mapped for the dual-stack socket ([`udp::destination`]); an IPv6
+    /// one fails on the IPv4-only fallback socket.
+    pub fn send_foreign(&self, to: SocketAddr, bytes: &[u8]) -> Result<(), DataplaneError> {
+        let sock = self.shared.udp.get();
+        match sock.send_to(bytes, to) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(n) => Err(DataplaneError::Send {
+                to,
+                source: io::Error::other(format!("sent {n} of {} bytes", bytes.len())),
+            }),
+            Err(source) => {
+                self.shared
+                    .stats
+                    .udp_send_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(DataplaneError::Send { to, source })
+            }
+        }
     }
 
     /// Stops everything and removes the TUN device and the UAPI socket.
@@ -708,11 +762,25 @@ fn udp_loop(shared: &Shared, tun: &SyncDevice) {
         };
         let from: SocketAddr = udp::canonical(got.from);
         {
-            let mut device = shared.device();
+            // Taken at the first WireGuard datagram, let go before calling
+            // out to the foreign handler.
+            let mut device: Option<MutexGuard<'_, Device>> = None;
             let now = Instant::now();
             // A GRO read is consecutive datagrams of `segment` bytes, the
-            // last possibly shorter: exactly what the peer sent.
+            // last possibly shorter: exactly what the peer sent. Each is
+            // told apart on its own.
             for datagram in buf[..got.len].chunks(got.segment) {
+                if is_foreign(datagram) {
+                    device = None;
+                    match &shared.on_foreign {
+                        Some(handler) => handler(from, datagram),
+                        None => {
+                            shared.stats.foreign_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
+                let device = device.get_or_insert_with(|| shared.device());
                 if let Err(e) = device.handle_udp(now, from, datagram, &mut out) {
                     shared.log_device.note(
                         "datagram dropped",
@@ -724,6 +792,21 @@ fn udp_loop(shared: &Shared, tun: &SyncDevice) {
         }
         writer.flush(shared, &mut out, &sock, tun);
     }
+}
+
+/// Whether a received datagram is for the foreign handler rather than the
+/// device: not WireGuard-framed, and STUN. Every WireGuard message starts
+/// with its type (1..=4) and three reserved zero bytes (WireGuard paper
+/// §5.4), i.e. a little-endian u32 of 1..=4: one comparison for the common
+/// case. (A STUN Binding response starts with 0x01 0x01, so the first byte
+/// alone would not do.)
+fn is_foreign(datagram: &[u8]) -> bool {
+    if let Some(head) = datagram.first_chunk::<4>()
+        && matches!(u32::from_le_bytes(*head), 1..=4)
+    {
+        return false;
+    }
+    stun::is_stun(datagram)
 }
 
 fn timer_loop(shared: &Shared, tun: &SyncDevice) {
@@ -759,6 +842,26 @@ mod tests {
             body,
         );
         got.into_inner().expect("not poisoned")
+    }
+
+    #[test]
+    fn wireguard_stays_stun_leaves() {
+        let txid = stun::TransactionId([9; 12]);
+        let req = stun::binding_request(txid);
+        assert!(is_foreign(&req));
+        let resp = stun::binding_response(txid, "192.0.2.1:1".parse().unwrap(), None);
+        // 0x01 0x01: a first byte WireGuard also uses.
+        assert_eq!(resp[..2], [1, 1]);
+        assert!(is_foreign(&resp));
+        for ty in 1u8..=4 {
+            let mut wg = vec![0u8; 148];
+            wg[0] = ty;
+            wg[4..8].copy_from_slice(&stun::MAGIC_COOKIE.to_be_bytes());
+            assert!(!is_foreign(&wg));
+            assert!(!is_foreign(&wg[..20]));
+        }
+        assert!(!is_foreign(&[]));
+        assert!(!is_foreign(b"hello, not stun"));
     }
 
     /// A loop that panics or ends on its own is reported as fatal (the

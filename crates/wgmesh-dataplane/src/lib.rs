@@ -22,4 +22,4 @@ pub mod uapi_server;
 pub mod udp;
 
 pub use error::DataplaneError;
-pub use interface::{Interface, InterfaceConfig, IoStats};
+pub use interface::{ForeignHandler, Interface, InterfaceConfig, IoStats};
