@@ -147,8 +147,8 @@ pub fn message_type(method: u16, class: Class) -> u16 {
         | ((c & 0b10) << 7)
 }
 
-/// The cheap demultiplexing test (§7 of RFC 7983's reasoning; RFC 8489
-/// §6.3): the first two bits are zero, the magic cookie is at bytes 4..8,
+/// The cheap demultiplexing test (RFC 8489 §6.3, as RFC 7983 §7 uses it
+/// to share a port): the first two bits are zero, the magic cookie is at bytes 4..8,
 /// and the header's length is a multiple of 4 and exactly what follows the
 /// header. A WireGuard message (type 1..=4 then three zero bytes) is never
 /// STUN: its "length" reads as 0, and no WireGuard message is 20 bytes.
@@ -508,8 +508,8 @@ pub fn binding_response(
 /// Requests with an unknown comprehension-required attribute, or a wrong
 /// FINGERPRINT, get `None` too: §6.3.1 would answer the former with a 420
 /// error response, but no client of ours sends one, and silence is the
-/// cheaper answer to a stranger (no reflection amplification either: the
-/// response is at most a few bytes longer than the request).
+/// cheaper answer to a stranger. Reflection stays small: a response is
+/// at most 52 bytes (IPv6), 2.6 times a bare 20-byte request at worst.
 pub fn answer(request: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
     let p = Packet::new_checked(request).ok()?;
     if p.method() != METHOD_BINDING || p.class() != Class::Request {
