@@ -12,7 +12,8 @@ section() {
 
 # Debian packages the tests need (the lab tests drive wireguard-go and wg in
 # network namespaces).
-PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iputils-ping iperf3)
+# PostgreSQL: the server's tests run on SQLite and on a local PostgreSQL.
+PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iputils-ping iperf3 postgresql openssl curl)
 
 section "Dependencies"
 missing=()
@@ -40,6 +41,35 @@ fi
 cargo --version
 cargo fmt --version
 cargo clippy --version
+
+section "PostgreSQL"
+# A local cluster (Debian's postgresql-common makes one on install), started
+# without systemd, and a superuser role for root, which the tests connect as
+# over the Unix socket (peer authentication). Each test creates and drops
+# its own database.
+if ! pg_lsclusters -h | awk '$4 == "online"' | grep -q .; then
+    read -r pg_version pg_cluster _ < <(pg_lsclusters -h | head -n1) || true
+    if [[ -z ${pg_version:-} ]]; then
+        pg_version=$(ls /usr/lib/postgresql | sort -V | tail -n1)
+        pg_cluster=main
+        pg_createcluster "$pg_version" "$pg_cluster"
+    fi
+    pg_ctlcluster "$pg_version" "$pg_cluster" start
+fi
+pg_lsclusters
+for _ in $(seq 1 50); do
+    pg_isready -q -h /var/run/postgresql && break
+    sleep 0.2
+done
+su postgres -c 'psql -q -v ON_ERROR_STOP=1 -h /var/run/postgresql' <<'SQL'
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'root') THEN
+        CREATE ROLE root SUPERUSER LOGIN;
+    END IF;
+END $$;
+SQL
+export WGMESH_TEST_POSTGRES="postgres://root@localhost/postgres?host=/var/run/postgresql"
+echo "WGMESH_TEST_POSTGRES=$WGMESH_TEST_POSTGRES"
 
 section "Existing lab namespaces"
 stale=$(ip netns list | awk '{print $1}' | grep -E '^wg[ml]-' || true)

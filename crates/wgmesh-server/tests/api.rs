@@ -1,0 +1,590 @@
+//! The REST API through `app().oneshot()`, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used)] // test helpers: a panic names the line that failed
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use support::{TestDb, backends, call, service};
+use wgmesh_core::key::PrivateKey;
+use wgmesh_core::netmap::MapUpdate;
+use wgmesh_server::api::{Access, ROUTES};
+use wgmesh_server::service::{Actor, Service, ServiceConfig};
+
+fn new_key() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).unwrap();
+    PrivateKey::from_bytes(b).public_key().to_string()
+}
+
+struct Fixture {
+    svc: Arc<Service>,
+    admin: String,
+    setup_key: String,
+    /// (id, credential, public key) of nodes a and b.
+    a: (i64, String, String),
+    b: (i64, String, String),
+}
+
+async fn enroll(svc: &Arc<Service>, setup_key: &str, name: &str, key: &str) -> (StatusCode, Value) {
+    call(
+        svc,
+        "POST",
+        "/api/v1/enroll",
+        None,
+        Some(json!({ "setup_key": setup_key, "public_key": key, "name": name })),
+    )
+    .await
+}
+
+async fn fixture(db: &TestDb) -> Fixture {
+    let svc = service(db, ServiceConfig::default()).await;
+    let admin = svc
+        .create_admin_token(&Actor::Console, "test")
+        .await
+        .unwrap();
+    let (s, _) = call(
+        &svc,
+        "POST",
+        "/api/v1/networks",
+        Some(&admin),
+        Some(json!({ "name": "seed", "overlay": "100.64.0.0/24" })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = call(
+        &svc,
+        "POST",
+        "/api/v1/setup-keys",
+        Some(&admin),
+        Some(json!({ "network": "seed", "reusable": true, "groups": ["ops"] })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let setup_key = v["key"].as_str().unwrap().to_owned();
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let key = new_key();
+        let (s, v) = enroll(&svc, &setup_key, name, &key).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        nodes.push((
+            v["node"]["id"].as_i64().unwrap(),
+            v["credential"].as_str().unwrap().to_owned(),
+            key,
+        ));
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    Fixture {
+        svc,
+        admin,
+        setup_key,
+        a,
+        b,
+    }
+}
+
+/// Everything an unauthorised call must leave as it was.
+async fn state(f: &Fixture) -> Value {
+    let (_, nodes) = call(&f.svc, "GET", "/api/v1/nodes", Some(&f.admin), None).await;
+    let (_, keys) = call(&f.svc, "GET", "/api/v1/setup-keys", Some(&f.admin), None).await;
+    let (_, policy) = call(
+        &f.svc,
+        "GET",
+        "/api/v1/networks/seed/policy",
+        Some(&f.admin),
+        None,
+    )
+    .await;
+    let (_, audit) = call(
+        &f.svc,
+        "GET",
+        "/api/v1/audit?limit=1000",
+        Some(&f.admin),
+        None,
+    )
+    .await;
+    let (_, nets) = call(&f.svc, "GET", "/api/v1/networks", Some(&f.admin), None).await;
+    // Online flags and last_seen move with streams, not with these calls.
+    json!({ "nodes": nodes.as_array().unwrap().iter().map(|n| (n["id"].clone(), n["name"].clone(), n["address"].clone(), n["groups"].clone(), n["hub"].clone(), n["endpoints"].clone())).map(|t| json!([t.0, t.1, t.2, t.3, t.4, t.5])).collect::<Vec<_>>(),
+            "keys": keys, "policy": policy, "audit": audit, "nets": nets })
+}
+
+/// A plausible body for each route, so that only the credential decides.
+fn body_for(method: &str, path: &str, key: &str) -> Option<Value> {
+    match (method, path) {
+        ("POST", "/api/v1/node/endpoints") => Some(json!({ "local": ["192.0.2.9:51820"] })),
+        ("POST", "/api/v1/networks") => Some(json!({ "name": "evil", "overlay": "10.9.0.0/24" })),
+        ("PUT", _) => Some(json!({ "default": "deny" })),
+        ("PATCH", _) => Some(json!({ "hub": true, "groups": ["evil"] })),
+        ("POST", "/api/v1/setup-keys") => Some(json!({ "network": "seed", "reusable": true })),
+        ("POST", "/api/v1/admin-tokens") => Some(json!({ "name": "evil" })),
+        ("POST", "/api/v1/enroll") => {
+            Some(json!({ "setup_key": "wgs_nope", "public_key": key, "name": "evil" }))
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        let before = state(&f).await;
+        let key = new_key();
+        let mut checked = 0;
+        for route in ROUTES {
+            let path = route
+                .path
+                .replace("{network}", "seed")
+                .replace("{id}", &f.b.0.to_string());
+            let body = || body_for(route.method, route.path, &key);
+            let (wrong_kind, expect_wrong_kind) = match route.access {
+                Access::Public => continue,
+                Access::Admin => (f.a.1.as_str(), StatusCode::FORBIDDEN),
+                Access::Node => (f.admin.as_str(), StatusCode::FORBIDDEN),
+            };
+            let cases: [(Option<&str>, StatusCode); 5] = [
+                (None, StatusCode::UNAUTHORIZED),
+                (Some("wga_forged"), StatusCode::UNAUTHORIZED),
+                (Some("wgn_forged"), StatusCode::UNAUTHORIZED),
+                (Some(""), StatusCode::UNAUTHORIZED),
+                (Some(wrong_kind), expect_wrong_kind),
+            ];
+            for (token, want) in cases {
+                let (got, v) = call(&f.svc, route.method, &path, token, body()).await;
+                assert_eq!(got, want, "{} {} with {token:?}: {v}", route.method, path);
+                assert!(v["error"].is_string(), "error body: {v}");
+                checked += 1;
+            }
+        }
+        let protected = ROUTES.iter().filter(|r| r.access != Access::Public).count();
+        assert!(protected >= 17, "the table lost routes");
+        assert_eq!(checked, protected * 5);
+        // A refused enrolment (unknown setup key) is refused too.
+        let (s, _) = enroll(&f.svc, "wgs_nope", "evil", &key).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert_eq!(state(&f).await, before, "a refused call changed something");
+
+        // A node's credential reads its own map, never another's.
+        let (s, m) = call(&f.svc, "GET", "/api/v1/node/map", Some(&f.a.1), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(m["node"]["name"], "a");
+        // A removed node's credential stops working.
+        let (s, _) = call(
+            &f.svc,
+            "DELETE",
+            &format!("/api/v1/nodes/{}", f.b.0),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(&f.svc, "GET", "/api/v1/node/map", Some(&f.b.1), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_and_public_ones_answer() {
+    let db = support::sqlite();
+    let f = fixture(&db).await;
+    for route in ROUTES.iter().filter(|r| r.access == Access::Public) {
+        let (s, v) = call(
+            &f.svc,
+            route.method,
+            route.path,
+            None,
+            body_for(route.method, route.path, &new_key()),
+        )
+        .await;
+        assert_ne!(
+            s,
+            StatusCode::NOT_FOUND,
+            "{} {}: {v}",
+            route.method,
+            route.path
+        );
+        assert_ne!(
+            s,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{} {}",
+            route.method,
+            route.path
+        );
+    }
+    let (_, doc) = call(&f.svc, "GET", "/api/v1/openapi.json", None, None).await;
+    for route in ROUTES {
+        assert!(
+            doc["paths"][route.path][route.method.to_ascii_lowercase()].is_object(),
+            "{} {} missing from the OpenAPI document",
+            route.method,
+            route.path
+        );
+    }
+    let (s, _) = call(&f.svc, "GET", "/api/v1/nope", Some(&f.admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn setup_keys_past_expiry_or_usage_limit_are_refused_and_change_nothing() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        let create = |body: Value| {
+            let svc = f.svc.clone();
+            let admin = f.admin.clone();
+            async move {
+                let (s, v) =
+                    call(&svc, "POST", "/api/v1/setup-keys", Some(&admin), Some(body)).await;
+                assert_eq!(s, StatusCode::CREATED, "{v}");
+                (
+                    v["info"]["id"].as_i64().unwrap(),
+                    v["key"].as_str().unwrap().to_owned(),
+                )
+            }
+        };
+        let (_, limited) =
+            create(json!({ "network": "seed", "reusable": true, "usage_limit": 2 })).await;
+        let (_, once) = create(json!({ "network": "seed" })).await;
+        let (revoked_id, revoked) = create(json!({ "network": "seed", "reusable": true })).await;
+        let (_, expiring) =
+            create(json!({ "network": "seed", "reusable": true, "expires_in": 1 })).await;
+        let (s, _) = call(
+            &f.svc,
+            "DELETE",
+            &format!("/api/v1/setup-keys/{revoked_id}"),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+
+        let k1 = new_key();
+        assert_eq!(enroll(&f.svc, &limited, "l1", &k1).await.0, StatusCode::OK);
+        assert_eq!(
+            enroll(&f.svc, &limited, "l2", &new_key()).await.0,
+            StatusCode::OK
+        );
+        // Re-enrolling the same key is idempotent: same node, same address,
+        // and it does not use the key up.
+        let (s, again) = enroll(&f.svc, &limited, "l1", &k1).await;
+        assert_eq!(s, StatusCode::OK, "{again}");
+        assert_eq!(again["node"]["address"], "100.64.0.3");
+        assert_eq!(
+            enroll(&f.svc, &once, "o1", &new_key()).await.0,
+            StatusCode::OK
+        );
+
+        let before = state(&f).await;
+        let (s, v) = enroll(&f.svc, &limited, "l3", &new_key()).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("setup_key_refused"))
+        );
+        assert!(
+            v["message"].as_str().unwrap().contains("usage limit"),
+            "{v}"
+        );
+        let (s, v) = enroll(&f.svc, &once, "o2", &new_key()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        let (s, v) = enroll(&f.svc, &revoked, "r1", &new_key()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("revoked"));
+        // Wait (poll, no fixed sleep) for the 1 s key to expire.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (s, v) = enroll(&f.svc, &expiring, "e1", &new_key()).await;
+            if s == StatusCode::FORBIDDEN {
+                assert!(v["message"].as_str().unwrap().contains("expired"), "{v}");
+                break;
+            }
+            assert_eq!(s, StatusCode::OK);
+            // It enrolled before expiring: remove it so the state compare holds.
+            let id = v["node"]["id"].as_i64().unwrap();
+            call(
+                &f.svc,
+                "DELETE",
+                &format!("/api/v1/nodes/{id}"),
+                Some(&f.admin),
+                None,
+            )
+            .await;
+            assert!(tokio::time::Instant::now() < deadline, "key never expired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The refusals changed nothing (the expiry loop's own enrol +
+        // delete, if any, leave the node list as it was).
+        let after = state(&f).await;
+        assert_eq!(after["policy"], before["policy"]);
+        assert_eq!(after["nodes"], before["nodes"]);
+        let used = |v: &Value| {
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["used"].clone())
+                .collect::<Vec<_>>()
+        };
+        let (b, a) = (used(&before), used(&after));
+        assert_eq!(a[..4], b[..4], "refused enrolments counted as uses");
+        let (_, m) = call(&f.svc, "GET", "/metrics", None, None).await;
+        assert!(m.is_null(), "metrics are text");
+    }
+}
+
+#[tokio::test]
+async fn addresses_of_removed_nodes_wait_out_the_grace_period() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        // a = .1, b = .2; remove a: the next node must not get .1.
+        call(
+            &f.svc,
+            "DELETE",
+            &format!("/api/v1/nodes/{}", f.a.0),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        let (_, v) = enroll(&f.svc, &f.setup_key, "c", &new_key()).await;
+        assert_eq!(v["node"]["address"], "100.64.0.3");
+        // A server with no grace period reuses it at once.
+        drop(f.svc);
+        let svc = service(&db, ServiceConfig { address_grace: 0 }).await;
+        let (_, v) = enroll(&svc, &f.setup_key, "d", &new_key()).await;
+        assert_eq!(v["node"]["address"], "100.64.0.1");
+    }
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<MapUpdate>) -> MapUpdate {
+    tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        .await
+        .expect("no map update within 1 s")
+        .expect("stream closed")
+}
+
+#[tokio::test]
+async fn changes_reach_connected_nodes_as_deltas_within_a_second() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        let mut rx = f.svc.subscribe(f.a.0).await.unwrap();
+        let MapUpdate::Full(mut map) = next(&mut rx).await else {
+            panic!("first message must be a full map")
+        };
+        assert_eq!(map.peers.len(), 1);
+        let apply = |map: &mut wgmesh_core::netmap::NetworkMap, u: MapUpdate| match u {
+            MapUpdate::Delta(d) => map.apply(&d).unwrap(),
+            MapUpdate::Full(m) => *map = m,
+        };
+
+        // A new node appears in a's map.
+        let (_, c) = enroll(&f.svc, &f.setup_key, "c", &new_key()).await;
+        let u = next(&mut rx).await;
+        assert!(
+            matches!(&u, MapUpdate::Delta(d) if d.upsert.len() == 1 && d.upsert[0].name == "c"),
+            "{u:?}"
+        );
+        apply(&mut map, u);
+        assert_eq!(map.peers.len(), 2);
+
+        // A policy that denies c → a TCP/22 reaches a as c's inbound rules.
+        let (s, v) = call(&f.svc, "PUT", "/api/v1/networks/seed/policy", Some(&f.admin), Some(json!({
+            "default": "allow",
+            "rule": [{ "action": "deny", "from": ["node:c"], "to": ["node:a"], "proto": "tcp", "ports": ["22"] }]
+        }))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let u = next(&mut rx).await;
+        apply(&mut map, u);
+        let c_entry = map.peers.iter().find(|p| p.name == "c").unwrap();
+        assert_eq!(c_entry.inbound.len(), 1);
+        assert!(
+            map.peers
+                .iter()
+                .find(|p| p.name == "b")
+                .unwrap()
+                .inbound
+                .is_empty()
+        );
+
+        // Endpoints b reports show up in a's map.
+        let (s, _) = call(
+            &f.svc,
+            "POST",
+            "/api/v1/node/endpoints",
+            Some(&f.b.1),
+            Some(json!({ "local": ["192.0.2.2:51820"], "reflexive": "192.0.2.2:51820" })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        apply(&mut map, next(&mut rx).await);
+        assert_eq!(
+            map.peers.iter().find(|p| p.name == "b").unwrap().endpoints,
+            vec!["192.0.2.2:51820".parse().unwrap()]
+        );
+
+        // Removing c removes it from a's map.
+        let c_id = c["node"]["id"].as_i64().unwrap();
+        call(
+            &f.svc,
+            "DELETE",
+            &format!("/api/v1/nodes/{c_id}"),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        let u = next(&mut rx).await;
+        assert!(
+            matches!(&u, MapUpdate::Delta(d) if d.remove.len() == 1),
+            "{u:?}"
+        );
+        apply(&mut map, u);
+        assert_eq!(
+            map.peers
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+
+        // What a holds equals what the server would send it fresh.
+        let fresh = f.svc.node_map(f.a.0).await.unwrap();
+        assert_eq!(map.peers, fresh.peers);
+        assert_eq!(map.version, fresh.version);
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_server_resumes_with_its_state() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        call(
+            &f.svc,
+            "PUT",
+            "/api/v1/networks/seed/policy",
+            Some(&f.admin),
+            Some(json!({ "default": "deny" })),
+        )
+        .await;
+        call(
+            &f.svc,
+            "PATCH",
+            &format!("/api/v1/nodes/{}", f.a.0),
+            Some(&f.admin),
+            Some(json!({ "hub": true })),
+        )
+        .await;
+        let before = state(&f).await;
+        drop(f.svc);
+        let svc = service(&db, ServiceConfig::default()).await;
+        let g = Fixture {
+            svc,
+            admin: f.admin.clone(),
+            setup_key: f.setup_key.clone(),
+            a: f.a.clone(),
+            b: f.b.clone(),
+        };
+        assert_eq!(state(&g).await, before);
+        // Credentials and keys still work.
+        let (s, m) = call(&g.svc, "GET", "/api/v1/node/map", Some(&g.b.1), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(m["default_action"], "deny");
+        assert_eq!(
+            enroll(&g.svc, &g.setup_key, "c", &new_key()).await.0,
+            StatusCode::OK
+        );
+        // The audit log holds every change, each with its actor.
+        let (_, audit) = call(&g.svc, "GET", "/api/v1/audit", Some(&g.admin), None).await;
+        let actions: Vec<&str> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "admin_token.create",
+                "network.create",
+                "setup_key.create",
+                "node.enroll",
+                "node.enroll",
+                "policy.set",
+                "node.update",
+                "node.enroll"
+            ]
+        );
+        let set = &audit[5];
+        assert_eq!(set["before"]["default"], "allow");
+        assert_eq!(set["after"]["default"], "deny");
+        assert!(set["actor"].as_str().unwrap().starts_with("admin:"));
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let db = support::sqlite();
+    let f = fixture(&db).await;
+    let cases = [
+        (
+            "POST",
+            "/api/v1/networks",
+            json!({ "name": "x", "overlay": "10.0.0.0/31" }),
+            "too small",
+        ),
+        (
+            "POST",
+            "/api/v1/networks",
+            json!({ "name": "seed", "overlay": "10.0.0.0/24" }),
+            "already exists",
+        ),
+        (
+            "POST",
+            "/api/v1/networks",
+            json!({ "name": "bad name", "overlay": "10.0.0.0/24" }),
+            "invalid network name",
+        ),
+        (
+            "PUT",
+            "/api/v1/networks/seed/policy",
+            json!({ "default": "allow", "rule": [{ "action": "deny", "from": ["*"], "to": ["*"], "proto": "icmp", "ports": ["22"] }] }),
+            "ports only apply",
+        ),
+        (
+            "PUT",
+            "/api/v1/networks/seed/policy",
+            json!({ "default": "maybe" }),
+            "default",
+        ),
+        (
+            "POST",
+            "/api/v1/setup-keys",
+            json!({ "network": "nope" }),
+            "not found",
+        ),
+        (
+            "POST",
+            "/api/v1/setup-keys",
+            json!({ "network": "seed", "usage_limit": 0 }),
+            "usage_limit",
+        ),
+        (
+            "PATCH",
+            "/api/v1/nodes/999",
+            json!({ "hub": true }),
+            "not found",
+        ),
+    ];
+    for (method, path, body, needle) in cases {
+        let (s, v) = call(&f.svc, method, path, Some(&f.admin), Some(body)).await;
+        assert!(s.is_client_error(), "{method} {path}: {s} {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{method} {path}: {v}"
+        );
+    }
+    // Same name, other key: refused.
+    let (s, v) = enroll(&f.svc, &f.setup_key, "a", &new_key()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+}
