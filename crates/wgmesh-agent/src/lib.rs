@@ -15,9 +15,15 @@
 //! wgmesh-core).
 
 pub mod apply;
+mod backoff;
 pub mod client;
+pub mod endpoints;
 mod error;
+mod forwarding;
+pub mod run;
 pub mod sse;
 pub mod state;
+pub mod status;
 
 pub use error::AgentError;
+pub use run::{UpConfig, up};
