@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use tokio::net::UdpSocket;
@@ -41,25 +42,56 @@ pub async fn init(database: &str) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// `wgmesh server`: serves until the process is told to stop.
-pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+/// A server started by [`start`]: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub http: SocketAddr,
+    pub stun: Option<SocketAddr>,
+    pub service: Arc<Service>,
+    handle: axum_server::Handle,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stun_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops taking requests, gives open ones 5 s, and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.handle
+            .graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        if let Some(t) = self.stun_task {
+            t.abort();
+        }
+        self.http_task
+            .await
+            .context("the HTTP task panicked")?
+            .with_context(|| format!("serving on {}", self.http))
+    }
+}
+
+/// Opens the database, binds the sockets (port 0 picks one) and starts
+/// serving in the background.
+pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     let db = Db::open(&config.database).await?;
     let svc = Service::load(db, config.service.clone()).await?;
-    if let Some(addr) = config.stun_listen {
-        let sock = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("binding the STUN responder to UDP {addr}"))?;
-        eprintln!("wgmesh server: STUN on udp://{addr}");
-        tokio::spawn(crate::stun_server::serve(sock, svc.clone()));
-    }
-    let app = crate::api::app(svc.clone());
+    let (stun, stun_task) = match config.stun_listen {
+        Some(addr) => {
+            let sock = UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding the STUN responder to UDP {addr}"))?;
+            let local = sock.local_addr()?;
+            eprintln!("wgmesh server: STUN on udp://{local}");
+            let task = tokio::spawn(crate::stun_server::serve(sock, svc.clone()));
+            (Some(local), Some(task))
+        }
+        None => (None, None),
+    };
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding the API to TCP {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let http = listener.local_addr()?;
+    let app = crate::api::app(svc.clone()).into_make_service();
     let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-    });
-    match &config.transport {
+    let http_task = match &config.transport {
         Transport::Tls { cert, key } => {
             // One crypto provider for the process: ring (as gotatun's).
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -72,26 +104,31 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
                         key.display()
                     )
                 })?;
-            eprintln!("wgmesh server: listening on https://{}", config.listen);
-            axum_server::bind_rustls(config.listen, tls)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-                .with_context(|| format!("serving on {}", config.listen))?;
+            eprintln!("wgmesh server: listening on https://{http}");
+            let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
+            tokio::spawn(async move { server.serve(app).await })
         }
         Transport::InsecureHttp => {
-            eprintln!(
-                "wgmesh server: listening on http://{} (plain HTTP: --insecure-http)",
-                config.listen
-            );
-            axum_server::bind(config.listen)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-                .with_context(|| format!("serving on {}", config.listen))?;
+            eprintln!("wgmesh server: listening on http://{http} (plain HTTP: --insecure-http)");
+            let server = axum_server::from_tcp(listener).handle(handle.clone());
+            tokio::spawn(async move { server.serve(app).await })
         }
-    }
-    Ok(())
+    };
+    Ok(Running {
+        http,
+        stun,
+        service: svc,
+        handle,
+        http_task,
+        stun_task,
+    })
+}
+
+/// `wgmesh server`: serves until SIGTERM or SIGINT.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    running.stop().await
 }
 
 async fn shutdown_signal() {
