@@ -2,6 +2,8 @@
 //! randomness that wgmesh-core leaves to its caller, and prints results.
 //! Everything with logic in it lives in the library crates.
 
+mod admin_cmd;
+mod agent_cmd;
 mod conf_cmd;
 mod key_cmd;
 mod lab_cmd;
@@ -53,9 +55,17 @@ enum Command {
     /// A userspace WireGuard interface from a wg-quick file (root).
     #[command(subcommand)]
     Wg(WgCommand),
+    /// Join a mesh and keep this node in it: the agent (root; foreground,
+    /// until SIGTERM/SIGINT).
+    Up(agent_cmd::UpArgs),
+    /// What the running agent reports: the node, the server, every peer.
+    Status(agent_cmd::StatusArgs),
     /// The coordination server: `wgmesh server init --database URL`, then
     /// `wgmesh server --listen ADDR:PORT --database URL --tls-cert F --tls-key F`.
     Server(server_cmd::ServerArgs),
+    /// Administer a coordination server: networks, nodes, setup keys,
+    /// policy, audit log (WGMESH_SERVER, WGMESH_TOKEN).
+    Admin(admin_cmd::AdminArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,7 +172,10 @@ fn main() -> ExitCode {
             foreground,
         }) => wg_cmd::up(&file, name.as_deref(), foreground),
         Command::Wg(WgCommand::Down { iface }) => wg_cmd::down(&iface),
+        Command::Up(args) => agent_cmd::up(args),
+        Command::Status(args) => agent_cmd::status(args),
         Command::Server(args) => server_cmd::run(args),
+        Command::Admin(args) => admin_cmd::run(args),
         Command::Genkey { out, force } => key_cmd::genkey(out.as_deref(), force),
         Command::Pubkey => key_cmd::pubkey(),
         Command::Genpsk => key_cmd::genpsk(),
