@@ -274,6 +274,11 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
         // The filter before any peer: nothing gets in unfiltered.
         iface.with_device(|d| d.set_filter(Some(PacketFilter::from_map(&map))));
         let tun = agent.cfg.interface.clone();
+        // No IPv6 link-local address, as kernel WireGuard devices have none
+        // (first: it would only send router solicitations no peer routes).
+        if let Err(e) = ip(&["link", "set", "dev", &tun, "addrgenmode", "none"]) {
+            eprintln!("wgmesh: {e}");
+        }
         ip(&[
             netconf::family(map.node.address.addr()),
             "address",
@@ -282,10 +287,6 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
             "dev",
             &tun,
         ])?;
-        // No IPv6 link-local address, as kernel WireGuard devices have none.
-        if let Err(e) = ip(&["link", "set", "dev", &tun, "addrgenmode", "none"]) {
-            eprintln!("wgmesh: {e}");
-        }
         ip(&["link", "set", "up", "dev", &tun])?;
         agent.install(&iface, &mut forwarding, map, true);
         Ok::<(), AgentError>(())

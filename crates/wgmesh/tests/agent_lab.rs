@@ -1,0 +1,367 @@
+//! The agent end to end, in the lab: a coordination server and an agent on
+//! a public host (nyc), an agent on another public host (lax) and one on a
+//! host behind a port-restricted NAT (lab).
+//!
+//! - Full mesh: each agent enrols with one reusable setup key, follows its
+//!   map, reports its endpoints (STUN through the engine socket), and
+//!   every ordered pair pings over the overlay; `wgmesh status` shows the
+//!   handshakes. With the server gone, a restarted agent comes back from
+//!   its state directory alone (key, credential, cached map) and the mesh
+//!   works; when the server returns, the agent reconnects by itself.
+//!   SIGTERM removes each interface.
+//! - Hub and spoke: nyc enrols with a hub key, turns IP forwarding on, and
+//!   carries lax ↔ lab; SIGTERM puts forwarding back.
+
+mod support;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use support::lab_ready;
+use wgmesh_lab::{Hairpin, Lab, NatKind};
+
+const WGMESH: &str = env!("CARGO_BIN_EXE_wgmesh");
+const SERVER_ADDR: &str = "203.0.113.10";
+const HOSTS: [&str; 3] = ["nyc", "lax", "lab"];
+/// Enrolment, the first endpoint reports (which decide who dials whom),
+/// the handshakes they lead to, and a reconnect after backoff.
+const MESH_UP: Duration = Duration::from_secs(60);
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn last_line(out: &Output) -> String {
+    stdout(out)
+        .lines()
+        .last()
+        .expect("a line of output")
+        .trim()
+        .to_owned()
+}
+
+/// nyc, lax (public) and lab (behind home's port-restricted NAT).
+fn world(test: &str) -> Option<Lab> {
+    if !lab_ready(test, true, &["ping"]) {
+        return None;
+    }
+    let mut lab = Lab::for_test(test)?;
+    lab.add_public_host("nyc", SERVER_ADDR.parse().expect("ip"))
+        .expect("nyc");
+    lab.add_public_host("lax", "198.51.100.20".parse().expect("ip"))
+        .expect("lax");
+    lab.add_router(
+        "home",
+        "198.51.100.10".parse().expect("ip"),
+        "10.1.0.0/24".parse().expect("net"),
+        NatKind::PortRestricted,
+        Hairpin::Off,
+    )
+    .expect("home");
+    lab.add_lan_host("lab", "home").expect("lab");
+    Some(lab)
+}
+
+fn db_url(lab: &Lab) -> String {
+    format!("sqlite://{}/server.db", lab.log_dir().display())
+}
+
+/// `wgmesh server init` in nyc; returns the admin token.
+fn init_server(lab: &Lab) -> String {
+    let init = lab
+        .exec(
+            "nyc",
+            &[WGMESH, "server", "init", "--database", &db_url(lab)],
+        )
+        .unwrap_or_else(|e| panic!("server init: {e}"));
+    last_line(&init)
+}
+
+/// Starts the server in nyc (plain HTTP on 8080, STUN on 3478) under
+/// `label` and waits until it answers.
+fn start_server(lab: &mut Lab, label: &str, token: &str) {
+    let db = db_url(lab);
+    lab.spawn(
+        "nyc",
+        label,
+        &[
+            WGMESH,
+            "server",
+            "--listen",
+            "0.0.0.0:8080",
+            "--database",
+            &db,
+            "--insecure-http",
+        ],
+    )
+    .expect("spawn server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin(lab, token, &["networks", "list"]).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server not answering:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `wgmesh admin --server http://127.0.0.1:8080 ARGS…` in nyc, with the token.
+fn admin(lab: &Lab, token: &str, args: &[&str]) -> Result<Output, wgmesh_lab::LabError> {
+    let tok = format!("WGMESH_TOKEN={token}");
+    let mut argv = vec![
+        "env",
+        &tok,
+        WGMESH,
+        "admin",
+        "--server",
+        "http://127.0.0.1:8080",
+    ];
+    argv.extend_from_slice(args);
+    lab.exec("nyc", &argv)
+}
+
+fn state_dir(lab: &Lab, host: &str) -> PathBuf {
+    lab.log_dir().join(format!("state-{host}"))
+}
+
+/// Starts `wgmesh up` in `host` under `label`; the setup key, if any,
+/// through the environment.
+fn start_agent(lab: &mut Lab, host: &str, label: &str, iface: &str, setup_key: Option<&str>) {
+    let server = format!("http://{SERVER_ADDR}:8080");
+    let state = state_dir(lab, host).to_string_lossy().into_owned();
+    let env = setup_key.map(|k| format!("WGMESH_SETUP_KEY={k}"));
+    let mut argv: Vec<&str> = vec!["env"];
+    if let Some(e) = &env {
+        argv.push(e);
+    }
+    argv.extend_from_slice(&[
+        WGMESH,
+        "up",
+        "--server",
+        &server,
+        "--name",
+        host,
+        "--state-dir",
+        &state,
+        "--interface",
+        iface,
+    ]);
+    lab.spawn(host, label, &argv).expect("spawn agent");
+}
+
+/// The agent's status as JSON, once its status socket answers.
+fn status(lab: &Lab, host: &str, state: &Path) -> Option<serde_json::Value> {
+    let out = lab
+        .exec(
+            host,
+            &[
+                WGMESH,
+                "status",
+                "--json",
+                "--state-dir",
+                &state.to_string_lossy(),
+            ],
+        )
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Polls `host`'s status until `ok` holds.
+fn wait_status(
+    lab: &Lab,
+    host: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let state = state_dir(lab, host);
+    let deadline = Instant::now() + MESH_UP;
+    loop {
+        if let Some(st) = status(lab, host, &state)
+            && ok(&st)
+        {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}: {what} not reached within {MESH_UP:?}; status {:?}\n{}",
+            status(lab, host, &state),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn connected_with(n: usize) -> impl Fn(&serde_json::Value) -> bool {
+    move |st| st["connected"] == true && st["peers"].as_array().is_some_and(|p| p.len() == n)
+}
+
+fn overlay_address(st: &serde_json::Value) -> IpAddr {
+    let net: ipnet::IpNet = st["node"]["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("an address");
+    net.addr()
+}
+
+fn ping_every_pair(lab: &Lab, addrs: &[IpAddr]) {
+    for (a, host) in HOSTS.iter().enumerate() {
+        for (b, to) in addrs.iter().enumerate() {
+            if a != b {
+                lab.ping_until(host, *to, MESH_UP)
+                    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+            }
+        }
+    }
+}
+
+fn forwarding(lab: &Lab, host: &str) -> String {
+    let out = lab
+        .exec(host, &["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .expect("read ip_forward");
+    stdout(&out).trim().to_owned()
+}
+
+#[test]
+fn agents_enrol_and_every_pair_pings() {
+    let Some(mut lab) = world("agents_enrol_and_every_pair_pings") else {
+        return;
+    };
+    let token = init_server(&lab);
+    start_server(&mut lab, "server", &token);
+    admin(
+        &lab,
+        &token,
+        &["networks", "create", "mesh", "--overlay", "100.80.0.0/24"],
+    )
+    .unwrap_or_else(|e| panic!("network: {e}\n{}", lab.logs()));
+    let key = admin(&lab, &token, &["setup-keys", "create", "--reusable"])
+        .map(|o| last_line(&o))
+        .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()));
+
+    let ifaces: Vec<String> = (0..HOSTS.len()).map(|i| lab.id().wg_iface(i)).collect();
+    let mut labels: Vec<String> = HOSTS.iter().map(|h| format!("agent-{h}")).collect();
+    for (i, host) in HOSTS.iter().enumerate() {
+        start_agent(&mut lab, host, &labels[i], &ifaces[i], Some(&key));
+    }
+    let mut addrs = Vec::new();
+    for host in HOSTS {
+        let st = wait_status(&lab, host, "connected with two peers", connected_with(2));
+        addrs.push(overlay_address(&st));
+        // The key was made on the node and stays there, 0600.
+        let key_file = state_dir(&lab, host).join("private.key");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key_file)
+                .expect("key file")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    ping_every_pair(&lab, &addrs);
+
+    // The status table names the peers and their handshakes.
+    let state = state_dir(&lab, "lab").to_string_lossy().into_owned();
+    let table = lab
+        .exec("lab", &[WGMESH, "status", "--state-dir", &state])
+        .expect("status");
+    let text = stdout(&table);
+    assert!(text.contains(": connected"), "{text}");
+    assert!(text.contains("nyc") && text.contains("lax"), "{text}");
+    assert!(text.contains("s ago"), "a handshake happened: {text}");
+
+    // The server goes away; lax restarts with no setup key: it comes back
+    // from its state directory and the mesh works without the server.
+    lab.stop("server");
+    lab.stop(&labels[1]);
+    labels[1] = "agent-lax-again".into();
+    start_agent(&mut lab, "lax", &labels[1], &ifaces[1], None);
+    let st = wait_status(&lab, "lax", "up from the cache", |st| {
+        st["connected"] == false && st["peers"].as_array().is_some_and(|p| p.len() == 2)
+    });
+    assert_eq!(overlay_address(&st), addrs[1], "the same node again");
+    for (a, b) in [(1, 0), (1, 2), (2, 1), (0, 1)] {
+        lab.ping_until(HOSTS[a], addrs[b], MESH_UP)
+            .unwrap_or_else(|e| panic!("server down: {e}\n{}", lab.logs()));
+    }
+    // The server comes back: the agents reconnect by themselves.
+    start_server(&mut lab, "server-again", &token);
+    for host in HOSTS {
+        wait_status(&lab, host, "reconnected", connected_with(2));
+    }
+
+    // SIGTERM takes each interface down.
+    for (i, host) in HOSTS.iter().enumerate() {
+        lab.stop(&labels[i]);
+        assert!(
+            lab.exec(host, &["ip", "link", "show", "dev", &ifaces[i]])
+                .is_err(),
+            "{host}: {} still exists after SIGTERM",
+            ifaces[i]
+        );
+    }
+}
+
+#[test]
+fn hub_forwards_between_spokes() {
+    let Some(mut lab) = world("hub_forwards_between_spokes") else {
+        return;
+    };
+    let token = init_server(&lab);
+    start_server(&mut lab, "server", &token);
+    admin(
+        &lab,
+        &token,
+        &[
+            "networks",
+            "create",
+            "hs",
+            "--overlay",
+            "100.81.0.0/24",
+            "--topology",
+            "hub-and-spoke",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("network: {e}\n{}", lab.logs()));
+    let hub_key = admin(&lab, &token, &["setup-keys", "create", "--hub"])
+        .map(|o| last_line(&o))
+        .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()));
+    let spoke_key = admin(&lab, &token, &["setup-keys", "create", "--reusable"])
+        .map(|o| last_line(&o))
+        .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()));
+    assert_eq!(forwarding(&lab, "nyc"), "0", "a fresh namespace");
+
+    let ifaces: Vec<String> = (0..HOSTS.len()).map(|i| lab.id().wg_iface(i)).collect();
+    for (i, host) in HOSTS.iter().enumerate() {
+        let key = if i == 0 { &hub_key } else { &spoke_key };
+        start_agent(
+            &mut lab,
+            host,
+            &format!("agent-{host}"),
+            &ifaces[i],
+            Some(key),
+        );
+    }
+    let mut addrs = Vec::new();
+    for host in HOSTS {
+        let st = wait_status(&lab, host, "connected with two peers", connected_with(2));
+        addrs.push(overlay_address(&st));
+    }
+    let st = wait_status(&lab, "lab", "lax via nyc", |st| {
+        st["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["name"] == "lax" && p["route"] == "via nyc")
+        })
+    });
+    assert_eq!(st["node"]["hub"], false);
+    assert_eq!(forwarding(&lab, "nyc"), "1", "the hub forwards");
+    ping_every_pair(&lab, &addrs);
+
+    lab.stop("agent-nyc");
+    assert_eq!(forwarding(&lab, "nyc"), "0", "forwarding put back");
+    for host in ["lax", "lab"] {
+        lab.stop(&format!("agent-{host}"));
+    }
+}
