@@ -5,7 +5,8 @@
 //! - [`client`] and [`sse`]: the control API over HTTPS (enrolment, the
 //!   map and its server-sent-event stream, endpoint reports), with public
 //!   JSON helpers the admin CLI reuses;
-//! - [`apply`]: network map → the minimal WireGuard `set`;
+//! - [`apply`]: network map → the minimal WireGuard `set`; [`update`]:
+//!   which map a stream message leads to;
 //! - [`run`]: the daemon's loop: enrol, bring the interface up, follow
 //!   the map stream, report endpoints, reconnect, tear down on a signal;
 //! - [`status`]: the status socket and `wgmesh status`.
@@ -24,6 +25,7 @@ pub mod run;
 pub mod sse;
 pub mod state;
 pub mod status;
+pub mod update;
 
 pub use error::AgentError;
 pub use run::{UpConfig, up};

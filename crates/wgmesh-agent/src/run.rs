@@ -32,7 +32,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use wgmesh_core::control::{EndpointReport, EnrollRequest};
 use wgmesh_core::key::PrivateKey;
-use wgmesh_core::netmap::{MapUpdate, NetworkMap, Route};
+use wgmesh_core::netmap::{NetworkMap, Route};
 use wgmesh_dataplane::netconf;
 use wgmesh_dataplane::{Interface, InterfaceConfig};
 use wgmesh_proto::filter::PacketFilter;
@@ -48,6 +48,7 @@ use crate::endpoints;
 use crate::forwarding::Forwarding;
 use crate::state::StateDir;
 use crate::status::{self, NodeStatus, PeerStatus, Status};
+use crate::update::{Next, after_refetch, next_map};
 
 /// The interface name when `--interface` is not given.
 pub const DEFAULT_INTERFACE: &str = "wgmesh0";
@@ -548,18 +549,14 @@ impl Agent {
                 Err(e) => e,
             };
             self.set_error(&e);
-            if self.forgotten(&e) {
-                eprintln!("wgmesh: the server refused the credential ({e}); enrolling again");
-                match self.enroll().await {
-                    Ok(map) => {
-                        self.install(iface, forwarding, map, false);
-                        continue;
-                    }
-                    Err(e) => {
-                        eprintln!("wgmesh: enrolling again failed: {e}");
-                        self.set_error(&e);
-                    }
-                }
+            if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) {
+                // Not re-enrolled behind the operator's back: a node an
+                // admin removed must stay out. The mesh runs on from the
+                // last map; restarting with --setup-key enrols again.
+                eprintln!(
+                    "wgmesh: the server does not accept this node's credential (removed?); \
+                     restart with --setup-key to enrol again"
+                );
             }
             let wait = backoff.next_delay();
             eprintln!(
@@ -610,23 +607,17 @@ impl Agent {
                 v.last_error = None;
                 eprintln!("wgmesh: connected to {}", self.cfg.server);
             }
-            let new = match update {
-                MapUpdate::Full(m) => m,
-                MapUpdate::Delta(d) => {
-                    let current = lock(&self.view).map.clone();
-                    let mut m = current
-                        .ok_or_else(|| ClientError::Stream("a delta before any map".into()))?;
-                    match m.apply(&d) {
-                        Ok(()) => m,
-                        Err(e) => {
-                            eprintln!("wgmesh: {e}; fetching the whole map");
-                            let mut m = self.client.fetch_map(&self.credential()).await?;
-                            if m.version == d.from_version {
-                                let _ = m.apply(&d);
-                            }
-                            m
-                        }
-                    }
+            let current = lock(&self.view).map.clone();
+            let new = match next_map(current.as_ref(), update) {
+                Next::Map(m) => m,
+                Next::Refetch(delta) => {
+                    eprintln!(
+                        "wgmesh: a delta from version {} does not follow map version {:?}; \
+                         fetching the whole map",
+                        delta.from_version,
+                        current.as_ref().map(|m| m.version)
+                    );
+                    after_refetch(self.client.fetch_map(&self.credential()).await?, &delta)
                 }
             };
             self.install(iface, forwarding, new, false);
