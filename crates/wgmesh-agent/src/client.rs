@@ -40,11 +40,13 @@ pub enum ClientError {
     #[error("CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
     /// Could not talk to the server at all (DNS, connect, TLS, timeout).
-    #[error("{request}: {source}")]
+    /// The message carries reqwest's whole cause chain ("connection
+    /// refused" is three levels down), so it is not a `source`.
+    #[error("{request}: {}", chain(error))]
     Transport {
         /// `METHOD URL`.
         request: String,
-        source: reqwest::Error,
+        error: reqwest::Error,
     },
     /// The server answered with an error: its `message` for a person.
     #[error("{request}: {status}: {message}")]
@@ -62,6 +64,22 @@ pub enum ClientError {
     /// The map stream broke mid-way or sent something unreadable.
     #[error("map stream: {0}")]
     Stream(String),
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        // Some layers repeat their cause's text.
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cur = c.source();
+    }
+    text
 }
 
 impl ClientError {
@@ -179,18 +197,15 @@ impl Client {
             req = req.json(body);
         }
         let request = format!("{method} {url}");
-        let resp = req.send().await.map_err(|source| ClientError::Transport {
+        let resp = req.send().await.map_err(|error| ClientError::Transport {
             request: request.clone(),
-            source,
+            error,
         })?;
         let resp = check(&request, resp).await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                request: request.clone(),
-                source,
-            })?;
+        let bytes = resp.bytes().await.map_err(|error| ClientError::Transport {
+            request: request.clone(),
+            error,
+        })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"null"
         } else {
@@ -282,9 +297,9 @@ impl Client {
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
+            .map_err(|error| ClientError::Transport {
                 request: request.clone(),
-                source,
+                error,
             })?;
         let resp = check(&request, resp).await?;
         Ok(MapStream {

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AgentError {
-    /// A file or directory of the state directory.
-    #[error("{}: {source}", path.display())]
+    /// A file or directory of the state directory. (The IO error is in
+    /// the message, not a `source`: shown once however it is printed.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A state file that exists but cannot be read as what it should hold.
     #[error("{}: {reason}", path.display())]
@@ -26,18 +27,18 @@ pub enum AgentError {
     #[error("{0}")]
     Config(String),
     /// The status socket.
-    #[error("status socket {}: {source}", path.display())]
+    #[error("status socket {}: {error}", path.display())]
     Status {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl AgentError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }

@@ -223,6 +223,13 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
     };
     let mut backoff = Backoff::default();
     let credential = agent.state.credential()?;
+    if credential.is_none() && agent.cfg.setup_key.is_none() {
+        return Err(AgentError::Config(format!(
+            "this node has not enrolled yet (no credential in {}): give --setup-key KEY \
+             (or WGMESH_SETUP_KEY)",
+            agent.state.path().display()
+        )));
+    }
     let map = match (credential, cached) {
         (Some(cred), Some(map)) => {
             eprintln!(
@@ -377,14 +384,7 @@ impl Agent {
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
-                Err(e) => {
-                    if !have_cred && self.cfg.setup_key.is_none() {
-                        return Err(AgentError::Config(format!(
-                            "not enrolled yet: give --setup-key ({e})"
-                        )));
-                    }
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -70,9 +70,9 @@ pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
 /// Binds the socket at `path` (replacing a stale one no agent answers on)
 /// and serves it until the task is dropped.
 pub async fn serve(path: PathBuf, status: StatusFn) -> Result<(), AgentError> {
-    let err = |source| AgentError::Status {
+    let err = |error| AgentError::Status {
         path: path.clone(),
-        source,
+        error,
     };
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
         if !meta.file_type().is_socket() {
@@ -109,9 +109,9 @@ pub async fn serve(path: PathBuf, status: StatusFn) -> Result<(), AgentError> {
 /// Reads the running agent's status from the socket in `state_dir`.
 pub fn query(state_dir: &Path) -> Result<Status, AgentError> {
     let path = state_dir.join(crate::state::STATUS_SOCKET);
-    let err = |source| AgentError::Status {
+    let err = |error| AgentError::Status {
         path: path.clone(),
-        source,
+        error,
     };
     let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
         err(std::io::Error::new(

@@ -175,6 +175,8 @@ async fn unreachable_server_is_transient() {
     let e = client.fetch_map("wgn").await.unwrap_err();
     assert!(matches!(e, ClientError::Transport { .. }), "{e:?}");
     assert!(e.is_transient());
+    // The cause, from deep in reqwest's chain, is in the message.
+    assert!(e.to_string().to_lowercase().contains("refused"), "{e}");
 }
 
 #[tokio::test]
