@@ -5,7 +5,8 @@
 //! - Full mesh: each agent enrols with one reusable setup key, follows its
 //!   map, reports its endpoints (STUN through the engine socket), and
 //!   every ordered pair pings over the overlay; `wgmesh status` shows the
-//!   handshakes. With the server gone, a restarted agent comes back from
+//!   handshakes. A policy change reaches the packet filters. With the
+//!   server gone, a restarted agent comes back from
 //!   its state directory alone (key, credential, cached map) and the mesh
 //!   works; when the server returns, the agent reconnects by itself.
 //!   SIGTERM removes each interface.
@@ -218,6 +219,12 @@ fn ping_every_pair(lab: &Lab, addrs: &[IpAddr]) {
     }
 }
 
+/// One ping, one second to answer.
+fn ping_once(lab: &Lab, host: &str, to: IpAddr) -> bool {
+    lab.exec(host, &["ping", "-c", "1", "-W", "1", "-q", &to.to_string()])
+        .is_ok()
+}
+
 fn forwarding(lab: &Lab, host: &str) -> String {
     let out = lab
         .exec(host, &["cat", "/proc/sys/net/ipv4/ip_forward"])
@@ -271,6 +278,36 @@ fn agents_enrol_and_every_pair_pings() {
     assert!(text.contains(": connected"), "{text}");
     assert!(text.contains("nyc") && text.contains("lax"), "{text}");
     assert!(text.contains("s ago"), "a handshake happened: {text}");
+
+    // Policy reaches the filters: lax may open nothing to nyc, while nyc
+    // still reaches lax (the echo replies come back through nyc's flow
+    // table); then everything is allowed again.
+    let policy = lab.log_dir().join("policy.toml");
+    let policy_s = policy.to_string_lossy().into_owned();
+    std::fs::write(
+        &policy,
+        "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"node:lax\"]\nto = [\"node:nyc\"]\n",
+    )
+    .expect("write policy");
+    admin(&lab, &token, &["policy", "set", &policy_s])
+        .unwrap_or_else(|e| panic!("policy: {e}\n{}", lab.logs()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ping_once(&lab, "lax", addrs[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "lax → nyc still allowed:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.ping_until("nyc", addrs[1], MESH_UP)
+        .unwrap_or_else(|e| panic!("nyc → lax under the policy: {e}\n{}", lab.logs()));
+    assert!(!ping_once(&lab, "lax", addrs[0]), "lax → nyc denied");
+    std::fs::write(&policy, "default = \"allow\"\n").expect("write policy");
+    admin(&lab, &token, &["policy", "set", &policy_s])
+        .unwrap_or_else(|e| panic!("policy: {e}\n{}", lab.logs()));
+    lab.ping_until("lax", addrs[0], MESH_UP)
+        .unwrap_or_else(|e| panic!("lax → nyc allowed again: {e}\n{}", lab.logs()));
 
     // The server goes away; lax restarts with no setup key: it comes back
     // from its state directory and the mesh works without the server.
