@@ -185,6 +185,20 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
         fatal: fatal_rx,
     };
     let state = StateDir::open(&cfg.state_dir)?;
+    // One agent per state directory: two would share a key and a
+    // credential, and fight over the status socket.
+    if std::os::unix::net::UnixStream::connect(state.status_socket()).is_ok() {
+        return Err(AgentError::Config(format!(
+            "another agent runs with the state directory {} (its status socket answers)",
+            state.path().display()
+        )));
+    }
+    if netconf::ip(&["link", "show", "dev", &cfg.interface]).is_ok() {
+        return Err(AgentError::Config(format!(
+            "a network interface called {} exists already",
+            cfg.interface
+        )));
+    }
     let (key, made) = state.load_or_create_key()?;
     eprintln!(
         "wgmesh: node public key {} ({})",
@@ -252,12 +266,6 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
     };
 
     // The engine.
-    if netconf::ip(&["link", "show", "dev", &agent.cfg.interface]).is_ok() {
-        return Err(AgentError::Config(format!(
-            "a network interface called {} exists already",
-            agent.cfg.interface
-        )));
-    }
     let (stun_tx, stun_rx) = mpsc::channel(64);
     let mut icfg = InterfaceConfig::new(&agent.cfg.interface);
     icfg.mtu = MTU;
