@@ -47,6 +47,7 @@ pub struct UpArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The running agent's state directory (its status socket is there).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Print the JSON the agent reports instead of a table.

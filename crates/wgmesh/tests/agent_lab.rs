@@ -10,7 +10,8 @@
 //!   its state directory alone (key, credential, cached map) and the mesh
 //!   works; when the server returns, the agent reconnects by itself.
 //!   SIGTERM removes each interface.
-//! - Hub and spoke: nyc enrols with a hub key, turns IP forwarding on, and
+//! - Hub and spoke, over HTTPS with a private CA (`--ca-file`): nyc
+//!   enrols with a hub key, turns IP forwarding on, and
 //!   carries lax ↔ lab; SIGTERM puts forwarding back.
 
 mod support;
@@ -69,6 +70,101 @@ fn db_url(lab: &Lab) -> String {
     format!("sqlite://{}/server.db", lab.log_dir().display())
 }
 
+/// How the test reaches the server: the admin token, and with TLS the
+/// CA, certificate and key files.
+struct Ctl {
+    token: String,
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Ctl {
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// `--ca-file CA` with TLS.
+    fn ca_args(&self) -> Vec<&str> {
+        match &self.tls {
+            Some(t) => vec!["--ca-file", &t.ca],
+            None => Vec::new(),
+        }
+    }
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a certificate it signed for the server's address (and
+/// 127.0.0.1, for the admin CLI in nyc), made with openssl(1).
+fn certificates(dir: &Path) -> Tls {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=wgmesh-lab-ca"];
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    ca.extend(ec);
+    openssl(&ca, dir);
+    let mut csr = vec![
+        "req", "-subj", "/CN=nyc", "-keyout", "key.pem", "-out", "leaf.csr",
+    ];
+    csr.extend(ec);
+    openssl(&csr, dir);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!(
+            "subjectAltName=IP:{SERVER_ADDR},IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .expect("write leaf.ext");
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+        dir,
+    );
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    Tls {
+        ca: path("ca.pem"),
+        cert: path("cert.pem"),
+        key: path("key.pem"),
+    }
+}
+
 /// `wgmesh server init` in nyc; returns the admin token.
 fn init_server(lab: &Lab) -> String {
     let init = lab
@@ -80,26 +176,25 @@ fn init_server(lab: &Lab) -> String {
     last_line(&init)
 }
 
-/// Starts the server in nyc (plain HTTP on 8080, STUN on 3478) under
-/// `label` and waits until it answers.
-fn start_server(lab: &mut Lab, label: &str, token: &str) {
+/// Starts the server in nyc (HTTPS with `ctl.tls`, else plain HTTP, on
+/// 8080; STUN on 3478) under `label` and waits until it answers.
+fn start_server(lab: &mut Lab, label: &str, ctl: &Ctl) {
     let db = db_url(lab);
-    lab.spawn(
-        "nyc",
-        label,
-        &[
-            WGMESH,
-            "server",
-            "--listen",
-            "0.0.0.0:8080",
-            "--database",
-            &db,
-            "--insecure-http",
-        ],
-    )
-    .expect("spawn server");
+    let mut argv = vec![
+        WGMESH,
+        "server",
+        "--listen",
+        "0.0.0.0:8080",
+        "--database",
+        &db,
+    ];
+    match &ctl.tls {
+        Some(t) => argv.extend(["--tls-cert", &t.cert, "--tls-key", &t.key]),
+        None => argv.push("--insecure-http"),
+    }
+    lab.spawn("nyc", label, &argv).expect("spawn server");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while admin(lab, token, &["networks", "list"]).is_err() {
+    while admin(lab, ctl, &["networks", "list"]).is_err() {
         assert!(
             Instant::now() < deadline,
             "server not answering:\n{}",
@@ -109,17 +204,12 @@ fn start_server(lab: &mut Lab, label: &str, token: &str) {
     }
 }
 
-/// `wgmesh admin --server http://127.0.0.1:8080 ARGS…` in nyc, with the token.
-fn admin(lab: &Lab, token: &str, args: &[&str]) -> Result<Output, wgmesh_lab::LabError> {
-    let tok = format!("WGMESH_TOKEN={token}");
-    let mut argv = vec![
-        "env",
-        &tok,
-        WGMESH,
-        "admin",
-        "--server",
-        "http://127.0.0.1:8080",
-    ];
+/// `wgmesh admin --server URL ARGS…` in nyc, with the token.
+fn admin(lab: &Lab, ctl: &Ctl, args: &[&str]) -> Result<Output, wgmesh_lab::LabError> {
+    let tok = format!("WGMESH_TOKEN={}", ctl.token);
+    let url = format!("{}://127.0.0.1:8080", ctl.scheme());
+    let mut argv = vec!["env", &tok, WGMESH, "admin", "--server", &url];
+    argv.extend(ctl.ca_args());
     argv.extend_from_slice(args);
     lab.exec("nyc", &argv)
 }
@@ -130,8 +220,15 @@ fn state_dir(lab: &Lab, host: &str) -> PathBuf {
 
 /// Starts `wgmesh up` in `host` under `label`; the setup key, if any,
 /// through the environment.
-fn start_agent(lab: &mut Lab, host: &str, label: &str, iface: &str, setup_key: Option<&str>) {
-    let server = format!("http://{SERVER_ADDR}:8080");
+fn start_agent(
+    lab: &mut Lab,
+    ctl: &Ctl,
+    host: &str,
+    label: &str,
+    iface: &str,
+    setup_key: Option<&str>,
+) {
+    let server = format!("{}://{SERVER_ADDR}:8080", ctl.scheme());
     let state = state_dir(lab, host).to_string_lossy().into_owned();
     let env = setup_key.map(|k| format!("WGMESH_SETUP_KEY={k}"));
     let mut argv: Vec<&str> = vec!["env"];
@@ -150,6 +247,7 @@ fn start_agent(lab: &mut Lab, host: &str, label: &str, iface: &str, setup_key: O
         "--interface",
         iface,
     ]);
+    argv.extend(ctl.ca_args());
     lab.spawn(host, label, &argv).expect("spawn agent");
 }
 
@@ -237,22 +335,25 @@ fn agents_enrol_and_every_pair_pings() {
     let Some(mut lab) = world("agents_enrol_and_every_pair_pings") else {
         return;
     };
-    let token = init_server(&lab);
-    start_server(&mut lab, "server", &token);
+    let ctl = Ctl {
+        token: init_server(&lab),
+        tls: None,
+    };
+    start_server(&mut lab, "server", &ctl);
     admin(
         &lab,
-        &token,
+        &ctl,
         &["networks", "create", "mesh", "--overlay", "100.80.0.0/24"],
     )
     .unwrap_or_else(|e| panic!("network: {e}\n{}", lab.logs()));
-    let key = admin(&lab, &token, &["setup-keys", "create", "--reusable"])
+    let key = admin(&lab, &ctl, &["setup-keys", "create", "--reusable"])
         .map(|o| last_line(&o))
         .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()));
 
     let ifaces: Vec<String> = (0..HOSTS.len()).map(|i| lab.id().wg_iface(i)).collect();
     let mut labels: Vec<String> = HOSTS.iter().map(|h| format!("agent-{h}")).collect();
     for (i, host) in HOSTS.iter().enumerate() {
-        start_agent(&mut lab, host, &labels[i], &ifaces[i], Some(&key));
+        start_agent(&mut lab, &ctl, host, &labels[i], &ifaces[i], Some(&key));
     }
     let mut addrs = Vec::new();
     for host in HOSTS {
@@ -289,7 +390,7 @@ fn agents_enrol_and_every_pair_pings() {
         "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"node:lax\"]\nto = [\"node:nyc\"]\n",
     )
     .expect("write policy");
-    admin(&lab, &token, &["policy", "set", &policy_s])
+    admin(&lab, &ctl, &["policy", "set", &policy_s])
         .unwrap_or_else(|e| panic!("policy: {e}\n{}", lab.logs()));
     let deadline = Instant::now() + Duration::from_secs(20);
     while ping_once(&lab, "lax", addrs[0]) {
@@ -304,7 +405,7 @@ fn agents_enrol_and_every_pair_pings() {
         .unwrap_or_else(|e| panic!("nyc → lax under the policy: {e}\n{}", lab.logs()));
     assert!(!ping_once(&lab, "lax", addrs[0]), "lax → nyc denied");
     std::fs::write(&policy, "default = \"allow\"\n").expect("write policy");
-    admin(&lab, &token, &["policy", "set", &policy_s])
+    admin(&lab, &ctl, &["policy", "set", &policy_s])
         .unwrap_or_else(|e| panic!("policy: {e}\n{}", lab.logs()));
     lab.ping_until("lax", addrs[0], MESH_UP)
         .unwrap_or_else(|e| panic!("lax → nyc allowed again: {e}\n{}", lab.logs()));
@@ -314,7 +415,7 @@ fn agents_enrol_and_every_pair_pings() {
     lab.stop("server");
     lab.stop(&labels[1]);
     labels[1] = "agent-lax-again".into();
-    start_agent(&mut lab, "lax", &labels[1], &ifaces[1], None);
+    start_agent(&mut lab, &ctl, "lax", &labels[1], &ifaces[1], None);
     let st = wait_status(&lab, "lax", "up from the cache", |st| {
         st["connected"] == false && st["peers"].as_array().is_some_and(|p| p.len() == 2)
     });
@@ -324,7 +425,7 @@ fn agents_enrol_and_every_pair_pings() {
             .unwrap_or_else(|e| panic!("server down: {e}\n{}", lab.logs()));
     }
     // The server comes back: the agents reconnect by themselves.
-    start_server(&mut lab, "server-again", &token);
+    start_server(&mut lab, "server-again", &ctl);
     for host in HOSTS {
         wait_status(&lab, host, "reconnected", connected_with(2));
     }
@@ -346,11 +447,36 @@ fn hub_forwards_between_spokes() {
     let Some(mut lab) = world("hub_forwards_between_spokes") else {
         return;
     };
-    let token = init_server(&lab);
-    start_server(&mut lab, "server", &token);
+    // Over HTTPS this time, the server's certificate from a private CA
+    // the agents trust through --ca-file.
+    let ctl = Ctl {
+        token: init_server(&lab),
+        tls: Some(certificates(lab.log_dir())),
+    };
+    start_server(&mut lab, "server", &ctl);
+    // Without --ca-file, the system's roots alone: refused.
+    let tok = format!("WGMESH_TOKEN={}", ctl.token);
+    let plain = lab
+        .host("nyc")
+        .expect("nyc")
+        .netns
+        .try_exec(&[
+            "env",
+            &tok,
+            WGMESH,
+            "admin",
+            "--server",
+            "https://127.0.0.1:8080",
+            "networks",
+            "list",
+        ])
+        .expect("admin runs");
+    assert!(!plain.status.success(), "an unknown CA is not trusted");
+    let err = String::from_utf8_lossy(&plain.stderr).to_lowercase();
+    assert!(err.contains("certificate"), "{err}");
     admin(
         &lab,
-        &token,
+        &ctl,
         &[
             "networks",
             "create",
@@ -362,10 +488,10 @@ fn hub_forwards_between_spokes() {
         ],
     )
     .unwrap_or_else(|e| panic!("network: {e}\n{}", lab.logs()));
-    let hub_key = admin(&lab, &token, &["setup-keys", "create", "--hub"])
+    let hub_key = admin(&lab, &ctl, &["setup-keys", "create", "--hub"])
         .map(|o| last_line(&o))
         .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()));
-    let spoke_key = admin(&lab, &token, &["setup-keys", "create", "--reusable"])
+    let spoke_key = admin(&lab, &ctl, &["setup-keys", "create", "--reusable"])
         .map(|o| last_line(&o))
         .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()));
     assert_eq!(forwarding(&lab, "nyc"), "0", "a fresh namespace");
@@ -375,6 +501,7 @@ fn hub_forwards_between_spokes() {
         let key = if i == 0 { &hub_key } else { &spoke_key };
         start_agent(
             &mut lab,
+            &ctl,
             host,
             &format!("agent-{host}"),
             &ifaces[i],
