@@ -380,35 +380,69 @@ fn agents_enrol_and_every_pair_pings() {
     assert!(text.contains("nyc") && text.contains("lax"), "{text}");
     assert!(text.contains("s ago"), "a handshake happened: {text}");
 
-    // Policy reaches the filters: lax may open nothing to nyc, while nyc
-    // still reaches lax (the echo replies come back through nyc's flow
-    // table); then everything is allowed again.
-    let policy = lab.log_dir().join("policy.toml");
-    let policy_s = policy.to_string_lossy().into_owned();
-    std::fs::write(
-        &policy,
-        "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"node:lax\"]\nto = [\"node:nyc\"]\n",
-    )
-    .expect("write policy");
-    admin(&lab, &ctl, &["policy", "set", &policy_s])
-        .unwrap_or_else(|e| panic!("policy: {e}\n{}", lab.logs()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ping_once(&lab, "lax", addrs[0]) {
+    // The ACL: lab may not open TCP/22 on lax. Within 2 s of the
+    // change lab's connection attempts fail, while ping still works; nyc
+    // (not named by the rule) still connects.
+    lab.spawn("lax", "sshd-stand-in", &["iperf3", "-s", "-p", "22"])
+        .expect("listener on lax:22");
+    let lax_22 = format!("exec 3<>/dev/tcp/{}/22", addrs[1]);
+    let tcp_22 = |from: &str| {
+        lab.exec(from, &["timeout", "1", "bash", "-c", &lax_22])
+            .is_ok()
+    };
+    let deadline = Instant::now() + MESH_UP;
+    while !(tcp_22("lab") && tcp_22("nyc")) {
         assert!(
             Instant::now() < deadline,
-            "lax → nyc still allowed:\n{}",
+            "lax:22 never reachable:\n{}",
             lab.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    lab.ping_until("nyc", addrs[1], MESH_UP)
-        .unwrap_or_else(|e| panic!("nyc → lax under the policy: {e}\n{}", lab.logs()));
-    assert!(!ping_once(&lab, "lax", addrs[0]), "lax → nyc denied");
+    let policy = lab.log_dir().join("policy.toml");
+    let policy_s = policy.to_string_lossy().into_owned();
+    std::fs::write(
+        &policy,
+        "default = \"allow\"\n[[rule]]\naction = \"deny\"\nfrom = [\"node:lab\"]\nto = [\"node:lax\"]\nproto = \"tcp\"\nports = [\"22\"]\n",
+    )
+    .expect("write policy");
+    admin(&lab, &ctl, &["policy", "set", &policy_s])
+        .unwrap_or_else(|e| panic!("policy: {e}\n{}", lab.logs()));
+    let changed = Instant::now();
+    loop {
+        let tried = Instant::now();
+        if !tcp_22("lab") {
+            let took = tried.duration_since(changed);
+            assert!(took < Duration::from_secs(2), "the ACL took {took:?}");
+            eprintln!("ACL in effect {took:?} after the change");
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "lab → lax:22 still open after 2 s:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        ping_once(&lab, "lab", addrs[1]),
+        "ping lab → lax must still work"
+    );
+    assert!(tcp_22("nyc"), "nyc → lax:22 is not denied");
+    assert!(!tcp_22("lab"), "lab → lax:22 stays denied");
     std::fs::write(&policy, "default = \"allow\"\n").expect("write policy");
     admin(&lab, &ctl, &["policy", "set", &policy_s])
         .unwrap_or_else(|e| panic!("policy: {e}\n{}", lab.logs()));
-    lab.ping_until("lax", addrs[0], MESH_UP)
-        .unwrap_or_else(|e| panic!("lax → nyc allowed again: {e}\n{}", lab.logs()));
+    let deadline = Instant::now() + MESH_UP;
+    while !tcp_22("lab") {
+        assert!(
+            Instant::now() < deadline,
+            "lab → lax:22 never allowed again:\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.stop("sshd-stand-in");
 
     // The server goes away; lax restarts with no setup key: it comes back
     // from its state directory and the mesh works without the server.
@@ -429,6 +463,55 @@ fn agents_enrol_and_every_pair_pings() {
     for host in HOSTS {
         wait_status(&lab, host, "reconnected", connected_with(2));
     }
+
+    // Removing lab cuts it off everywhere within 2 s: nyc and lax drop it
+    // from their maps (and their WireGuard peers) as soon as it is removed.
+    ping_every_pair(&lab, &addrs);
+    let nodes = admin(&lab, &ctl, &["nodes", "list", "--json"])
+        .unwrap_or_else(|e| panic!("nodes: {e}\n{}", lab.logs()));
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).expect("json");
+    let lab_id = nodes
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|n| n["name"] == "lab")
+        .expect("lab is a node")["id"]
+        .to_string();
+    admin(&lab, &ctl, &["nodes", "remove", &lab_id])
+        .unwrap_or_else(|e| panic!("remove: {e}\n{}", lab.logs()));
+    let removed = Instant::now();
+    std::thread::scope(|scope| {
+        for (from, to) in [
+            ("nyc", addrs[2]),
+            ("lax", addrs[2]),
+            ("lab", addrs[0]),
+            ("lab", addrs[1]),
+        ] {
+            let lab = &lab;
+            scope.spawn(move || {
+                loop {
+                    let tried = Instant::now();
+                    if !ping_once(lab, from, to) {
+                        let took = tried.duration_since(removed);
+                        assert!(
+                            took < Duration::from_secs(2),
+                            "{from} → {to} cut after {took:?}"
+                        );
+                        break;
+                    }
+                    assert!(
+                        removed.elapsed() < Duration::from_secs(2),
+                        "{from} → {to} still works 2 s after the removal"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    for host in ["nyc", "lax"] {
+        wait_status(&lab, host, "lab gone from the map", connected_with(1));
+    }
+    assert!(!ping_once(&lab, "lab", addrs[0]), "lab stays cut off");
 
     // SIGTERM takes each interface down.
     for (i, host) in HOSTS.iter().enumerate() {
