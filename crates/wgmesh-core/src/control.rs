@@ -105,6 +105,9 @@ pub struct NodeInfo {
     pub address: IpAddr,
     pub groups: Vec<String>,
     pub hub: bool,
+    /// Reaches the other non-hub nodes only through the primary hub.
+    #[serde(default)]
+    pub via_hub: bool,
     pub endpoints: EndpointReport,
     /// No NAT in front of it: its reflexive address is one of its own.
     pub reachable: bool,
@@ -123,6 +126,8 @@ pub struct UpdateNode {
     pub hub: Option<bool>,
     #[serde(default)]
     pub groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub via_hub: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +148,10 @@ pub struct CreateSetupKey {
     /// Enrolled nodes become hubs.
     #[serde(default)]
     pub hub: bool,
+    /// Enrolled nodes reach the other non-hub nodes only through the
+    /// primary hub (as the planner's `via_hub`).
+    #[serde(default)]
+    pub via_hub: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +166,8 @@ pub struct SetupKeyInfo {
     pub used: i64,
     pub groups: Vec<String>,
     pub hub: bool,
+    #[serde(default)]
+    pub via_hub: bool,
     pub revoked: bool,
     pub created_at: i64,
 }

@@ -76,11 +76,24 @@ CREATE TABLE audit_log (
     after_json TEXT
 )";
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: V1,
-    postgres: V1,
-}];
+/// Nodes that reach the others only through the hub (the planner's
+/// `via_hub`), and setup keys that enrol such nodes.
+const V2: &str = "
+ALTER TABLE nodes ADD COLUMN via_hub BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE setup_keys ADD COLUMN via_hub BIGINT NOT NULL DEFAULT 0";
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: V1,
+        postgres: V1,
+    },
+    Migration {
+        version: 2,
+        sqlite: V2,
+        postgres: V2,
+    },
+];
 
 fn id_column(backend: Backend) -> &'static str {
     match backend {

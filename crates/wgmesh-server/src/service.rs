@@ -183,7 +183,7 @@ impl Service {
             world.networks.insert(net.id, net);
         }
         for r in sqlx::query(
-            "SELECT id, network_id, name, public_key, address, groups_json, hub, endpoints_json, credential_hash, last_seen, created_at, expires_at FROM nodes",
+            "SELECT id, network_id, name, public_key, address, groups_json, hub, via_hub, endpoints_json, credential_hash, last_seen, created_at, expires_at FROM nodes",
         )
         .fetch_all(&db.pool)
         .await?
@@ -205,12 +205,13 @@ impl Service {
                 r.try_get("credential_hash")?,
                 r.try_get("created_at")?,
             );
+            node.via_hub = r.try_get::<i64, _>("via_hub")? != 0;
             node.last_seen = r.try_get("last_seen")?;
             node.expires_at = r.try_get("expires_at")?;
             world.nodes.insert(node.id, node);
         }
         for r in sqlx::query(
-            "SELECT id, network_id, key_hash, prefix, reusable, expires_at, usage_limit, used, groups_json, hub, revoked, created_at FROM setup_keys",
+            "SELECT id, network_id, key_hash, prefix, reusable, expires_at, usage_limit, used, groups_json, hub, via_hub, revoked, created_at FROM setup_keys",
         )
         .fetch_all(&db.pool)
         .await?
@@ -226,6 +227,7 @@ impl Service {
                 used: r.try_get("used")?,
                 groups: parse_json(&r.try_get::<String, _>("groups_json")?, "groups")?,
                 hub: r.try_get::<i64, _>("hub")? != 0,
+                via_hub: r.try_get::<i64, _>("via_hub")? != 0,
                 revoked: r.try_get::<i64, _>("revoked")? != 0,
                 created_at: r.try_get("created_at")?,
             };
@@ -493,12 +495,13 @@ impl Service {
             used: 0,
             groups: req.groups.clone(),
             hub: req.hub,
+            via_hub: req.via_hub,
             revoked: false,
             created_at: now,
         };
         let mut tx = self.db.pool.begin().await?;
         key.id = sqlx::query(
-            "INSERT INTO setup_keys (network_id, key_hash, prefix, reusable, expires_at, usage_limit, used, groups_json, hub, revoked, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9) RETURNING id",
+            "INSERT INTO setup_keys (network_id, key_hash, prefix, reusable, expires_at, usage_limit, used, groups_json, hub, via_hub, revoked, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, 0, $10) RETURNING id",
         )
         .bind(network_id)
         .bind(&key.key_hash)
@@ -508,6 +511,7 @@ impl Service {
         .bind(key.usage_limit)
         .bind(json(&key.groups))
         .bind(bool_i64(key.hub))
+        .bind(bool_i64(key.via_hub))
         .bind(now)
         .fetch_one(&mut *tx)
         .await?
@@ -663,7 +667,7 @@ impl Service {
                     ServiceError::Conflict(format!("overlay {} has no free address", net.overlay))
                 })?;
                 let id: i64 = sqlx::query(
-                    "INSERT INTO nodes (network_id, name, public_key, address, groups_json, hub, endpoints_json, credential_hash, last_seen, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL) RETURNING id",
+                    "INSERT INTO nodes (network_id, name, public_key, address, groups_json, hub, via_hub, endpoints_json, credential_hash, last_seen, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL) RETURNING id",
                 )
                 .bind(net.id)
                 .bind(&req.name)
@@ -671,6 +675,7 @@ impl Service {
                 .bind(address.to_string())
                 .bind(json(&key.groups))
                 .bind(bool_i64(key.hub))
+                .bind(bool_i64(key.via_hub))
                 .bind(json(&req.endpoints))
                 .bind(&credential_hash)
                 .bind(now)
@@ -689,7 +694,7 @@ impl Service {
                 .bind(address.to_string())
                 .execute(&mut *tx)
                 .await?;
-                let node = Node::new(
+                let mut node = Node::new(
                     id,
                     net.id,
                     req.name.clone(),
@@ -701,6 +706,7 @@ impl Service {
                     credential_hash.clone(),
                     now,
                 );
+                node.via_hub = key.via_hub;
                 // Inserted after the commit, below; kept here to build
                 // the audit record.
                 let info = node.info(&net.name);
@@ -886,16 +892,19 @@ impl Service {
         let network_id = n.network_id;
         let before_info = n.info(&network);
         let hub = req.hub.unwrap_or(n.hub);
+        let via_hub = req.via_hub.unwrap_or(n.via_hub);
         let groups = req.groups.clone().unwrap_or_else(|| n.groups.clone());
         let mut tx = self.db.pool.begin().await?;
-        sqlx::query("UPDATE nodes SET hub = $1, groups_json = $2 WHERE id = $3")
+        sqlx::query("UPDATE nodes SET hub = $1, via_hub = $2, groups_json = $3 WHERE id = $4")
             .bind(bool_i64(hub))
+            .bind(bool_i64(via_hub))
             .bind(json(&groups))
             .bind(id)
             .execute(&mut *tx)
             .await?;
         let mut after = before_info.clone();
         after.hub = hub;
+        after.via_hub = via_hub;
         after.groups = groups.clone();
         audit(
             &mut tx,
@@ -911,6 +920,7 @@ impl Service {
         {
             let n = world.nodes.get_mut(&id).expect("invariant: found above");
             n.hub = hub;
+            n.via_hub = via_hub;
             n.groups = groups;
         }
         let sent = world.push_changes(before);

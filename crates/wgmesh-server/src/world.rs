@@ -43,6 +43,7 @@ pub struct Node {
     pub address: IpAddr,
     pub groups: Vec<String>,
     pub hub: bool,
+    pub via_hub: bool,
     pub endpoints: EndpointReport,
     pub credential_hash: String,
     pub last_seen: Option<i64>,
@@ -77,6 +78,7 @@ impl Node {
             address,
             groups,
             hub,
+            via_hub: false,
             endpoints: EndpointReport::default(),
             credential_hash,
             last_seen: None,
@@ -122,6 +124,7 @@ impl Node {
             endpoints: &self.endpoint_list,
             reachable: self.reachable(),
             hub: self.hub,
+            via_hub: self.via_hub,
         }
     }
 
@@ -134,6 +137,7 @@ impl Node {
             address: self.address,
             groups: self.groups.clone(),
             hub: self.hub,
+            via_hub: self.via_hub,
             endpoints: self.endpoints.clone(),
             reachable: self.reachable(),
             online: self.online(),
@@ -164,6 +168,7 @@ pub struct SetupKey {
     pub used: i64,
     pub groups: Vec<String>,
     pub hub: bool,
+    pub via_hub: bool,
     pub revoked: bool,
     pub created_at: i64,
 }
@@ -180,6 +185,7 @@ impl SetupKey {
             used: self.used,
             groups: self.groups.clone(),
             hub: self.hub,
+            via_hub: self.via_hub,
             revoked: self.revoked,
             created_at: self.created_at,
         }

@@ -91,6 +91,9 @@ enum NodesCmd {
         /// Comma-separated; replaces the node's groups.
         #[arg(long, value_delimiter = ',')]
         groups: Option<Vec<String>>,
+        /// Reach the other non-hub nodes only through the hub.
+        #[arg(long)]
+        via_hub: Option<bool>,
     },
     /// Remove a node: every peer drops it at once.
     Remove {
@@ -117,6 +120,10 @@ enum SetupKeysCmd {
         /// Nodes enrolled with it become hubs.
         #[arg(long)]
         hub: bool,
+        /// Nodes enrolled with it reach the other non-hub nodes only
+        /// through the hub.
+        #[arg(long)]
+        via_hub: bool,
     },
     Revoke {
         id: i64,
@@ -320,8 +327,17 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
             let v: NodeInfo = ctx.get(&format!("api/v1/nodes/{id}")).await?;
             ctx.print(&v, || node_rows(std::slice::from_ref(&v)));
         }
-        AdminCommand::Nodes(NodesCmd::Set { id, hub, groups }) => {
-            let body = UpdateNode { hub, groups };
+        AdminCommand::Nodes(NodesCmd::Set {
+            id,
+            hub,
+            groups,
+            via_hub,
+        }) => {
+            let body = UpdateNode {
+                hub,
+                groups,
+                via_hub,
+            };
             let v: NodeInfo = c.patch(&format!("api/v1/nodes/{id}"), t, &body).await?;
             ctx.print(&v, || node_rows(std::slice::from_ref(&v)));
         }
@@ -340,6 +356,7 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
             usage_limit,
             groups,
             hub,
+            via_hub,
         }) => {
             let body = CreateSetupKey {
                 network: ctx.network(network).await?,
@@ -348,6 +365,7 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
                 usage_limit,
                 groups,
                 hub,
+                via_hub,
             };
             let v: SetupKeyCreated = c.post("api/v1/setup-keys", t, &body).await?;
             if ctx.json {

@@ -11,7 +11,8 @@
 //! - two nodes peer directly when at least one is reachable; the one
 //!   behind NAT dials and sends keepalives;
 //! - in a hub-and-spoke network, two nodes that are not hubs always go
-//!   through the primary hub;
+//!   through the primary hub, and so does a node marked `via_hub` (when
+//!   there is a hub) with every node that is not a hub;
 //! - two nodes both behind NAT go through the primary hub when there is
 //!   one ([`Route::ViaHub`]); with no hub they are given each other's
 //!   reflexive endpoints and keepalives, which works through the NATs that
@@ -47,6 +48,9 @@ pub struct NodeView<'a> {
     pub endpoints: &'a [SocketAddr],
     pub reachable: bool,
     pub hub: bool,
+    /// Reaches the nodes that are not hubs only through the primary hub
+    /// (the planner's `via_hub`), even where a direct tunnel could work.
+    pub via_hub: bool,
 }
 
 impl NodeView<'_> {
@@ -98,7 +102,10 @@ pub fn peer_entry(
             vec![host(other.address)]
         };
         (Route::Direct { keepalive }, allowed)
-    } else if (me.reachable || other.reachable) && !net.hub_and_spoke {
+    } else if (me.reachable || other.reachable)
+        && !net.hub_and_spoke
+        && !(net.primary_hub.is_some() && (me.via_hub || other.via_hub))
+    {
         (Route::Direct { keepalive }, vec![host(other.address)])
     } else if let Some(hub) = net.primary_hub {
         (Route::ViaHub { hub }, Vec::new())

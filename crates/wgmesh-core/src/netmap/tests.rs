@@ -19,6 +19,7 @@ struct N {
     eps: Vec<SocketAddr>,
     reachable: bool,
     hub: bool,
+    via_hub: bool,
 }
 
 impl N {
@@ -31,6 +32,7 @@ impl N {
             eps: vec![format!("192.0.2.{n}:51820").parse().unwrap()],
             reachable,
             hub,
+            via_hub: false,
         }
     }
     fn view(&self) -> NodeView<'_> {
@@ -42,6 +44,7 @@ impl N {
             endpoints: &self.eps,
             reachable: self.reachable,
             hub: self.hub,
+            via_hub: self.via_hub,
         }
     }
 }
@@ -301,4 +304,38 @@ fn hub_and_spoke_sends_spoke_pairs_through_the_hub() {
     assert_eq!(e.route, Route::ViaHub { hub: hub.key });
     n.primary_hub = None;
     assert!(peer_entry(&a.view(), &b.view(), &n).is_none());
+}
+
+#[test]
+fn a_via_hub_node_reaches_non_hubs_through_the_hub() {
+    let p = Policy::default();
+    let nyc = N::new(1, "nyc", true, true);
+    let lax = N::new(2, "lax", true, false);
+    let mut lab = N::new(3, "lab", false, false);
+    lab.via_hub = true;
+    let n = net(&p, Some(nyc.key));
+    // The seed plan: lax reaches lab through nyc, and lab lax.
+    assert_eq!(
+        peer_entry(&lax.view(), &lab.view(), &n).unwrap().route,
+        Route::ViaHub { hub: nyc.key }
+    );
+    assert_eq!(
+        peer_entry(&lab.view(), &lax.view(), &n).unwrap().route,
+        Route::ViaHub { hub: nyc.key }
+    );
+    // … and peers with the hub directly.
+    assert!(matches!(
+        peer_entry(&lab.view(), &nyc.view(), &n).unwrap().route,
+        Route::Direct { .. }
+    ));
+    assert!(matches!(
+        peer_entry(&nyc.view(), &lab.view(), &n).unwrap().route,
+        Route::Direct { .. }
+    ));
+    // With no hub, via_hub cannot apply: direct where possible.
+    let n = net(&p, None);
+    assert!(matches!(
+        peer_entry(&lax.view(), &lab.view(), &n).unwrap().route,
+        Route::Direct { .. }
+    ));
 }
