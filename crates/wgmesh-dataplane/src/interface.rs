@@ -385,8 +385,64 @@ impl Writer {
     }
 }
 
+/// wgmesh's one request beyond the UAPI protocol, on the same socket: the
+/// device's [`Counters`](wgmesh_proto::device::Counters) and the shell's
+/// [`IoStats`], answered as `name=value` lines and `errno=0`, like a `get`.
+/// wg(8) never sends it (its operations are `get` and `set`), and the
+/// `get` reply stays exactly what wg parses. On wireguard-go the same
+/// request is refused as an unknown operation.
+pub const STATS_REQUEST: &[u8] = b"wgmesh_stats=1\n\n";
+
+impl IoStats {
+    /// Every counter with its name, prefixed `io_` (the device's counters
+    /// have names of their own).
+    pub fn named(&self) -> [(&'static str, u64); 7] {
+        let Self {
+            tun_read_errors,
+            tun_write_errors,
+            udp_recv_errors,
+            udp_send_errors,
+            device_drops,
+            uapi_errors,
+            foreign_dropped,
+        } = self;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("io_tun_read_errors", get(tun_read_errors)),
+            ("io_tun_write_errors", get(tun_write_errors)),
+            ("io_udp_recv_errors", get(udp_recv_errors)),
+            ("io_udp_send_errors", get(udp_send_errors)),
+            ("io_device_drops", get(device_drops)),
+            ("io_uapi_errors", get(uapi_errors)),
+            ("io_foreign_dropped", get(foreign_dropped)),
+        ]
+    }
+}
+
+impl Shared {
+    /// The reply to [`STATS_REQUEST`].
+    fn render_stats(&self) -> String {
+        let device = self.device().counters().clone();
+        let mut reply = String::new();
+        for (name, value) in device.named().into_iter().chain(self.stats.named()) {
+            reply.push_str(&format!("{name}={value}\n"));
+        }
+        reply.push_str("errno=0\n\n");
+        reply
+    }
+}
+
 impl UapiHandler for Shared {
     fn handle(&self, buf: &[u8]) -> Handled {
+        if buf.starts_with(STATS_REQUEST) {
+            return Handled::Reply {
+                reply: self.render_stats(),
+                consumed: STATS_REQUEST.len(),
+            };
+        }
+        if !buf.is_empty() && STATS_REQUEST.starts_with(buf) {
+            return Handled::NeedMore;
+        }
         match uapi::parse_request(buf) {
             Ok(None) => Handled::NeedMore,
             Ok(Some((Request::Get, consumed))) => {

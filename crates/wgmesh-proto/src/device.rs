@@ -199,6 +199,63 @@ impl Counters {
             + self.dropped_filtered
     }
 
+    /// Every counter with its field name, in declaration order: what an
+    /// operator reads (`wgmesh wg stats`). The destructuring is exhaustive,
+    /// so a new counter cannot be left out of it.
+    pub fn named(&self) -> [(&'static str, u64); 24] {
+        let Self {
+            rx_data_packets,
+            rx_keepalives,
+            tx_data_packets,
+            tx_keepalives,
+            handshake_initiations_sent,
+            handshake_responses_sent,
+            handshakes_completed,
+            cookie_replies_sent,
+            cookie_replies_received,
+            dropped_invalid_ip_packet,
+            dropped_no_route,
+            dropped_no_endpoint,
+            dropped_no_private_key,
+            dropped_malformed,
+            dropped_invalid_mac,
+            dropped_unknown_peer,
+            dropped_unknown_index,
+            dropped_unauthenticated,
+            dropped_replay,
+            dropped_source_not_allowed,
+            dropped_invalid_inner_packet,
+            dropped_filtered,
+            refused_sets,
+        } = *self;
+        [
+            ("rx_data_packets", rx_data_packets),
+            ("rx_keepalives", rx_keepalives),
+            ("tx_data_packets", tx_data_packets),
+            ("tx_keepalives", tx_keepalives),
+            ("handshake_initiations_sent", handshake_initiations_sent),
+            ("handshake_responses_sent", handshake_responses_sent),
+            ("handshakes_completed", handshakes_completed),
+            ("cookie_replies_sent", cookie_replies_sent),
+            ("cookie_replies_received", cookie_replies_received),
+            ("dropped", self.dropped()),
+            ("dropped_invalid_ip_packet", dropped_invalid_ip_packet),
+            ("dropped_no_route", dropped_no_route),
+            ("dropped_no_endpoint", dropped_no_endpoint),
+            ("dropped_no_private_key", dropped_no_private_key),
+            ("dropped_malformed", dropped_malformed),
+            ("dropped_invalid_mac", dropped_invalid_mac),
+            ("dropped_unknown_peer", dropped_unknown_peer),
+            ("dropped_unknown_index", dropped_unknown_index),
+            ("dropped_unauthenticated", dropped_unauthenticated),
+            ("dropped_replay", dropped_replay),
+            ("dropped_source_not_allowed", dropped_source_not_allowed),
+            ("dropped_invalid_inner_packet", dropped_invalid_inner_packet),
+            ("dropped_filtered", dropped_filtered),
+            ("refused_sets", refused_sets),
+        ]
+    }
+
     fn record(&mut self, error: &DeviceError) {
         let counter = match error {
             DeviceError::InvalidIpPacket => &mut self.dropped_invalid_ip_packet,

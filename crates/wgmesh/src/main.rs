@@ -83,6 +83,14 @@ enum WgCommand {
     },
     /// Take the interface down: PreDown, routes, TUN device, PostDown.
     Down { iface: String },
+    /// The running interface's counters: packets, handshakes, cookie
+    /// replies, and dropped packets by reason.
+    Stats {
+        iface: String,
+        /// One JSON object instead of `name value` lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +180,7 @@ fn main() -> ExitCode {
             foreground,
         }) => wg_cmd::up(&file, name.as_deref(), foreground),
         Command::Wg(WgCommand::Down { iface }) => wg_cmd::down(&iface),
+        Command::Wg(WgCommand::Stats { iface, json }) => wg_cmd::stats(&iface, json),
         Command::Up(args) => agent_cmd::up(args),
         Command::Status(args) => agent_cmd::status(args),
         Command::Server(args) => server_cmd::run(args),

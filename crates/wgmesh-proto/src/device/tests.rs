@@ -1276,3 +1276,31 @@ fn the_filter_lets_in_replies_to_what_the_node_sent() {
     assert_eq!(n.nodes[B].tun.len(), 2);
     assert_eq!(n.counters(B).dropped_filtered, 2);
 }
+
+/// `Counters::named` (what `wgmesh wg stats` prints): every name once, each
+/// drop kind under its own name, and `dropped` their sum.
+#[test]
+fn named_counters_are_unique_and_follow_the_drops() {
+    let mut c = Counters::default();
+    c.record(&DeviceError::Malformed);
+    c.record(&DeviceError::Malformed);
+    c.record(&DeviceError::UnknownPeer);
+    c.record(&DeviceError::InvalidMac);
+    c.cookie_replies_sent = 7;
+    let named = c.named();
+    let names: HashSet<&str> = named.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names.len(), named.len(), "{named:?}");
+    let get = |name: &str| {
+        named
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .expect("named")
+    };
+    assert_eq!(get("dropped_malformed"), 2);
+    assert_eq!(get("dropped_unknown_peer"), 1);
+    assert_eq!(get("dropped_invalid_mac"), 1);
+    assert_eq!(get("cookie_replies_sent"), 7);
+    assert_eq!(get("dropped"), 4);
+    assert_eq!(get("rx_data_packets"), 0);
+}
