@@ -2,14 +2,17 @@
 //! a public host (nyc), an agent on another public host (lax) and one on a
 //! host behind a port-restricted NAT (lab).
 //!
-//! - Full mesh: each agent enrols with one reusable setup key, follows its
-//!   map, reports its endpoints (STUN through the engine socket), and
-//!   every ordered pair pings over the overlay; `wgmesh status` shows the
-//!   handshakes. A policy change reaches the packet filters. With the
+//! - The seed mesh, on SQLite and on PostgreSQL: nyc enrols as the hub,
+//!   lax as a plain node, lab with a `via_hub` key; each follows its map,
+//!   reports its endpoints (STUN through the engine socket), and every
+//!   ordered pair pings over the overlay, lab ↔ lax through nyc;
+//!   `wgmesh status` shows the handshakes. An ACL (lab → lax TCP/22)
+//!   takes effect within 2 s while ping still works. With the
 //!   server gone, a restarted agent comes back from
 //!   its state directory alone (key, credential, cached map) and the mesh
 //!   works; when the server returns, the agent reconnects by itself.
-//!   SIGTERM removes each interface.
+//!   Removing lab cuts it off everywhere within 2 s. SIGTERM removes each
+//!   interface.
 //! - Hub and spoke, over HTTPS with a private CA (`--ca-file`): nyc
 //!   enrols with a hub key, turns IP forwarding on, and
 //!   carries lax ↔ lab; SIGTERM puts forwarding back.
@@ -66,13 +69,73 @@ fn world(test: &str) -> Option<Lab> {
     Some(lab)
 }
 
-fn db_url(lab: &Lab) -> String {
+fn sqlite_url(lab: &Lab) -> String {
     format!("sqlite://{}/server.db", lab.log_dir().display())
+}
+
+/// A fresh PostgreSQL database on the server WGMESH_TEST_POSTGRES names
+/// (scripts/test.sh starts one), dropped when this goes, also on panic.
+/// The server in nyc reaches it over the Unix socket, which network
+/// namespaces do not separate.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(test: &str) -> Option<Self> {
+        let Ok(admin_url) = std::env::var("WGMESH_TEST_POSTGRES") else {
+            if std::env::var("WGMESH_SKIP_POSTGRES").as_deref() == Ok("1") {
+                eprintln!("{test}: skipped, WGMESH_SKIP_POSTGRES=1");
+                return None;
+            }
+            panic!(
+                "{test}: set WGMESH_TEST_POSTGRES (scripts/test.sh does), or WGMESH_SKIP_POSTGRES=1"
+            );
+        };
+        let name = format!("wgmesh_lab_{}", std::process::id());
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let (base, query) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
+        let base = &base[..base.rfind('/').expect("a database in the URL")];
+        let url = if query.is_empty() {
+            format!("{base}/{name}")
+        } else {
+            format!("{base}/{name}?{query}")
+        };
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// How the test reaches the server: the admin token, and with TLS the
 /// CA, certificate and key files.
 struct Ctl {
+    database: String,
     token: String,
     tls: Option<Tls>,
 }
@@ -166,12 +229,9 @@ fn certificates(dir: &Path) -> Tls {
 }
 
 /// `wgmesh server init` in nyc; returns the admin token.
-fn init_server(lab: &Lab) -> String {
+fn init_server(lab: &Lab, database: &str) -> String {
     let init = lab
-        .exec(
-            "nyc",
-            &[WGMESH, "server", "init", "--database", &db_url(lab)],
-        )
+        .exec("nyc", &[WGMESH, "server", "init", "--database", database])
         .unwrap_or_else(|e| panic!("server init: {e}"));
     last_line(&init)
 }
@@ -179,7 +239,7 @@ fn init_server(lab: &Lab) -> String {
 /// Starts the server in nyc (HTTPS with `ctl.tls`, else plain HTTP, on
 /// 8080; STUN on 3478) under `label` and waits until it answers.
 fn start_server(lab: &mut Lab, label: &str, ctl: &Ctl) {
-    let db = db_url(lab);
+    let db = ctl.database.clone();
     let mut argv = vec![
         WGMESH,
         "server",
@@ -331,12 +391,33 @@ fn forwarding(lab: &Lab, host: &str) -> String {
 }
 
 #[test]
-fn agents_enrol_and_every_pair_pings() {
-    let Some(mut lab) = world("agents_enrol_and_every_pair_pings") else {
+fn seed_mesh_on_sqlite() {
+    let test = "seed_mesh_on_sqlite";
+    if let Some(lab) = world(test) {
+        let database = sqlite_url(&lab);
+        seed_mesh(lab, database);
+    }
+}
+
+#[test]
+fn seed_mesh_on_postgres() {
+    let test = "seed_mesh_on_postgres";
+    let Some(lab) = world(test) else {
         return;
     };
+    if let Some(pg) = PgDatabase::create(test) {
+        seed_mesh(lab, pg.url.clone());
+        drop(pg);
+    }
+}
+
+/// The proof, on one database: server on nyc; agents on nyc (the
+/// hub), lax and lab (behind NAT, reaching lax through nyc as the seed
+/// plan's `via_hub` does).
+fn seed_mesh(mut lab: Lab, database: String) {
     let ctl = Ctl {
-        token: init_server(&lab),
+        token: init_server(&lab, &database),
+        database,
         tls: None,
     };
     start_server(&mut lab, "server", &ctl);
@@ -346,14 +427,20 @@ fn agents_enrol_and_every_pair_pings() {
         &["networks", "create", "mesh", "--overlay", "100.80.0.0/24"],
     )
     .unwrap_or_else(|e| panic!("network: {e}\n{}", lab.logs()));
-    let key = admin(&lab, &ctl, &["setup-keys", "create", "--reusable"])
-        .map(|o| last_line(&o))
-        .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()));
+    let key = |args: &[&str]| {
+        let mut argv = vec!["setup-keys", "create"];
+        argv.extend_from_slice(args);
+        admin(&lab, &ctl, &argv)
+            .map(|o| last_line(&o))
+            .unwrap_or_else(|e| panic!("setup key: {e}\n{}", lab.logs()))
+    };
+    // One key per role: a hub, a plain node, a node that goes via the hub.
+    let keys = [key(&["--hub"]), key(&["--reusable"]), key(&["--via-hub"])];
 
     let ifaces: Vec<String> = (0..HOSTS.len()).map(|i| lab.id().wg_iface(i)).collect();
     let mut labels: Vec<String> = HOSTS.iter().map(|h| format!("agent-{h}")).collect();
     for (i, host) in HOSTS.iter().enumerate() {
-        start_agent(&mut lab, &ctl, host, &labels[i], &ifaces[i], Some(&key));
+        start_agent(&mut lab, &ctl, host, &labels[i], &ifaces[i], Some(&keys[i]));
     }
     let mut addrs = Vec::new();
     for host in HOSTS {
@@ -369,6 +456,16 @@ fn agents_enrol_and_every_pair_pings() {
         assert_eq!(mode & 0o777, 0o600);
     }
     ping_every_pair(&lab, &addrs);
+    // lab and lax talk through nyc, which forwards.
+    for (host, other) in [("lab", "lax"), ("lax", "lab")] {
+        wait_status(&lab, host, "the other through nyc", |st| {
+            st["peers"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p["name"] == other && p["route"] == "via nyc")
+            })
+        });
+    }
+    assert_eq!(forwarding(&lab, "nyc"), "1");
 
     // The status table names the peers and their handshakes.
     let state = state_dir(&lab, "lab").to_string_lossy().into_owned();
@@ -533,7 +630,8 @@ fn hub_forwards_between_spokes() {
     // Over HTTPS this time, the server's certificate from a private CA
     // the agents trust through --ca-file.
     let ctl = Ctl {
-        token: init_server(&lab),
+        token: init_server(&lab, &sqlite_url(&lab)),
+        database: sqlite_url(&lab),
         tls: Some(certificates(lab.log_dir())),
     };
     start_server(&mut lab, "server", &ctl);
