@@ -4,7 +4,8 @@
 //! IKpsk2, transport data, timers, cookies, replay window), cryptokey routing
 //! (AllowedIPs, both directions), roaming, and the cross-platform UAPI text
 //! protocol that `wg(8)` speaks; and the STUN Binding codec (RFC 8489) a
-//! node learns its reflexive address with ([`stun`]); and the inbound
+//! node learns its reflexive address with ([`stun`]); disco, the sealed
+//! ping/pong/call-me-maybe that find direct paths ([`disco`]); and the inbound
 //! packet filter a mesh node enforces its network's policy with
 //! ([`filter`]: rules per source, a flow table for replies). Callers feed it
 //! packets and the time (`handle_*`), and drain what it wants sent
@@ -20,6 +21,7 @@
 
 pub mod allowed_ips;
 pub mod device;
+pub mod disco;
 pub mod filter;
 pub mod stun;
 pub mod uapi;
