@@ -762,20 +762,48 @@ fn wait_for_log(lab: &mut Lab, label: &str, what: &str) -> String {
 /// The roaming side sends: that is what roaming needs. Had it only
 /// received, nothing authenticated would come from its new address until
 /// its own timers sent something, as with any WireGuard.
+///
+/// wgmesh initiated the session here; [`roaming_initiator_moves_mid_transfer`]
+/// has wireguard-go initiate it.
 #[test]
 fn roaming_peer_moves_mid_transfer() {
-    let Some(mut p) = pair(
-        "roaming_peer_moves_mid_transfer",
-        false,
-        Initiator::Wgmesh,
-        "",
-    ) else {
+    roam_mid_transfer("roaming_peer_moves_mid_transfer", Initiator::Wgmesh);
+}
+
+/// Roaming with the other side initiating (issue 4: "each side
+/// initiating"): wireguard-go alone knows an endpoint, so wgmesh learnt
+/// wireguard-go's from its handshake; wireguard-go then moves to a new
+/// address and port mid-transfer, and wgmesh follows it there just the same.
+#[test]
+fn roaming_initiator_moves_mid_transfer() {
+    roam_mid_transfer(
+        "roaming_initiator_moves_mid_transfer",
+        Initiator::WireguardGo,
+    );
+}
+
+/// wireguard-go (host b) sends 100 MB to wgmesh (host a) over TCP and, once
+/// 5 % has arrived, moves to a new address and listen port; the transfer
+/// must complete with its checksum, and wgmesh's endpoint must be the new one.
+fn roam_mid_transfer(test: &str, initiator: Initiator) {
+    let Some(mut p) = pair(test, false, initiator, "") else {
         return;
     };
     let tool = Path::new(WGMESH).with_file_name("wgl-udp");
     assert!(tool.is_file(), "{} is missing", tool.display());
     let tool = tool.to_string_lossy().into_owned();
-    p.ping("a", B_V4);
+    // The initiator pings first: only it knows an endpoint.
+    match initiator {
+        Initiator::Wgmesh => p.ping("a", B_V4),
+        Initiator::WireguardGo => {
+            p.ping("b", A_V4);
+            let endpoints = p.exec("a", &["wg", "show", &p.a_iface, "endpoints"]);
+            assert!(
+                endpoints.contains(&format!("{B_ADDR}:51820")),
+                "wgmesh learnt wireguard-go's endpoint from its handshake: {endpoints}"
+            );
+        }
+    }
     let dir = p.lab.log_dir().to_owned();
     let src = dir.join("random.bin");
     {
@@ -912,7 +940,7 @@ fn roaming_peer_moves_mid_transfer() {
         endpoints.contains(&format!("{new_addr}:51888")),
         "wgmesh follows the peer: {endpoints}"
     );
-    println!("roamed: {}", received.trim());
+    println!("roamed ({initiator:?} initiated): {}", received.trim());
 }
 
 /// The other corner of the bulk-transfer matrix from
