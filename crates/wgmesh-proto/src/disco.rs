@@ -3,6 +3,8 @@
 //!
 //! - [`wire`]: the messages (ping, pong, call-me-maybe) and their byte
 //!   format, smoltcp-style;
+//! - [`path`]: the path manager: which path (direct or relay) each peer
+//!   takes, and the pings, pongs and call-me-maybes that find and keep it;
 //! - [`seal`]: sealing and opening them with the nodes' WireGuard keys
 //!   (X25519 static-static, XChaCha20-Poly1305), and the replay checks.
 //!
@@ -11,9 +13,10 @@
 //! message types are 1–4 and STUN's first byte is below 0x40, RFC 8489
 //! §5) and magic.
 //!
-//! It owns no timers and no path choice (that is the path manager), and
-//! no IO.
+//! It does no IO: the agent's engine carries its transmits and hands it
+//! what arrives.
 
+pub mod path;
 pub mod seal;
 pub mod wire;
 
