@@ -256,6 +256,7 @@ impl Service {
                     .insert((r.try_get("network_id")?, ip), r.try_get("released_at")?);
             }
         }
+        world.reindex();
         let metrics = Metrics::default();
         Ok(Arc::new(Self {
             db,
