@@ -13,31 +13,12 @@ section() {
 # Debian packages the tests need (the lab tests drive wireguard-go and wg in
 # network namespaces).
 # PostgreSQL: the server's tests run on SQLite and on a local PostgreSQL.
-PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iputils-ping iperf3 postgresql openssl curl)
+PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iputils-ping procps iperf3 postgresql openssl curl)
 
 section "Dependencies"
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-        echo "ok: $pkg"
-    else
-        missing+=("$pkg")
-    fi
-done
-if ((${#missing[@]} > 0)); then
-    echo "installing: ${missing[*]}"
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "error: need root to install ${missing[*]} (run as root, or install them first)" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "error: cargo is not on PATH (install Rust, e.g. with rustup)" >&2
-    exit 1
-fi
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+install_missing "${PACKAGES[@]}"
 cargo --version
 cargo fmt --version
 cargo clippy --version

@@ -5,6 +5,7 @@
 mod admin_cmd;
 mod agent_cmd;
 mod conf_cmd;
+mod demo_cmd;
 mod key_cmd;
 mod lab_cmd;
 mod plan_cmd;
@@ -66,6 +67,9 @@ enum Command {
     /// Administer a coordination server: networks, nodes, setup keys,
     /// policy, audit log (WGMESH_SERVER, WGMESH_TOKEN).
     Admin(admin_cmd::AdminArgs),
+    /// The seed mesh, live, in network namespaces (root): server, agents,
+    /// NAT routers; `--check` to wait for it and exit 0 or 1.
+    Demo(demo_cmd::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +168,12 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => {
+            return demo_cmd::run(args).unwrap_or_else(|e| {
+                eprintln!("wgmesh: {e:#}");
+                ExitCode::FAILURE
+            });
+        }
         Command::Lab(LabCommand::Exec { lab, host, command }) => {
             // Exits with the command's own status.
             return lab_cmd::exec(lab.as_deref(), &host, &command).unwrap_or_else(|e| {

@@ -1,0 +1,34 @@
+//! `wgmesh demo --check`: the README's main job, end to end (root).
+
+mod support;
+
+use std::process::Command;
+
+#[test]
+fn demo_check_forms_the_mesh_and_exits_0() {
+    if !support::lab_ready("demo_check_forms_the_mesh_and_exits_0", true, &["ping"]) {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+        .args(["demo", "--check", "--timeout", "90"])
+        .output()
+        .expect("wgmesh demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo --check failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("every pair pings, every path as expected"),
+        "{stdout}"
+    );
+    // Every ordered pair of the four nodes is in the table.
+    for pair in [
+        "│ lab  ┆ roam ┆ via nyc",
+        "│ roam ┆ lab  ┆ via nyc",
+        "│ lab  ┆ lax  ┆ direct",
+    ] {
+        assert!(stdout.contains(pair), "missing {pair:?} in\n{stdout}");
+    }
+}
