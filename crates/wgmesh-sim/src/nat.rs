@@ -214,8 +214,6 @@ pub(crate) enum NatRefusal {
 #[derive(Debug, Clone)]
 struct Binding {
     internal: SocketAddrV4,
-    /// The key's destination part (None for endpoint-independent mapping).
-    scope: Option<SocketAddrV4>,
     last_outbound: Duration,
     /// Destination endpoint → last outbound datagram to it (§5's state).
     sent_to: BTreeMap<SocketAddrV4, Duration>,
@@ -268,9 +266,9 @@ impl NatTable {
         if self.live(b.last_outbound, now) {
             return true;
         }
-        let key = (b.internal, b.scope);
         self.by_port.remove(&port);
-        self.by_key.remove(&key);
+        // Several keys can name one port (see `hairpin_target`).
+        self.by_key.retain(|_, p| *p != port);
         self.expired += 1;
         false
     }
@@ -288,11 +286,7 @@ impl NatTable {
         if self.config.udp_blocked {
             return Err(NatRefusal::Blocked);
         }
-        let scope = match self.config.mapping {
-            MappingBehaviour::EndpointIndependent => None,
-            MappingBehaviour::AddressDependent => Some(SocketAddrV4::new(*remote.ip(), 0)),
-            MappingBehaviour::AddressAndPortDependent => Some(remote),
-        };
+        let scope = self.scope(remote);
         let key = (internal, scope);
         let existing = self
             .by_key
@@ -308,7 +302,6 @@ impl NatTable {
                     port,
                     Binding {
                         internal,
-                        scope,
                         last_outbound: now,
                         sent_to: BTreeMap::new(),
                     },
@@ -388,12 +381,20 @@ impl NatTable {
     }
 
     /// §6: the inside owner of outside port `port`, for a hairpinned
-    /// datagram. As in the lab, a live mapping is enough, whatever the
-    /// filtering (the RFC defines hairpinning by "an active mapping").
+    /// datagram from outside endpoint `from`. As in the lab, a live mapping
+    /// is enough, whatever the filtering (the RFC defines hairpinning by "an
+    /// active mapping").
+    ///
+    /// The owner's answer to `from` must leave from `port` again, or the
+    /// sender would see it come from elsewhere: Linux's conntrack treats it
+    /// as the reply of the hairpinned flow and un-NATs it so. With
+    /// endpoint-independent mapping that is the owner's one mapping anyway;
+    /// otherwise `from`'s key is pointed at `port` here.
     pub(crate) fn hairpin_target(
         &mut self,
         now: Duration,
         port: u16,
+        from: SocketAddrV4,
     ) -> Result<SocketAddrV4, NatRefusal> {
         if self.config.udp_blocked {
             return Err(NatRefusal::Blocked);
@@ -401,7 +402,33 @@ impl NatTable {
         if !self.expire_port(port, now) {
             return Err(NatRefusal::NoMapping);
         }
-        Ok(self.by_port[&port].internal)
+        let scope = self.scope(from);
+        let b = self
+            .by_port
+            .get_mut(&port)
+            .expect("invariant: expire_port just found it live");
+        let internal = b.internal;
+        if scope.is_some() {
+            b.sent_to.insert(from, now);
+            let key = (internal, scope);
+            let live = match self.by_key.get(&key).copied() {
+                Some(p) => p == port || self.expire_port(p, now),
+                None => false,
+            };
+            if !live {
+                self.by_key.insert(key, port);
+            }
+        }
+        Ok(internal)
+    }
+
+    /// The destination part of a mapping's key (§4.1).
+    fn scope(&self, remote: SocketAddrV4) -> Option<SocketAddrV4> {
+        match self.config.mapping {
+            MappingBehaviour::EndpointIndependent => None,
+            MappingBehaviour::AddressDependent => Some(SocketAddrV4::new(*remote.ip(), 0)),
+            MappingBehaviour::AddressAndPortDependent => Some(remote),
+        }
     }
 
     /// The live mappings, inside endpoint → outside endpoint, in port order.

@@ -599,7 +599,7 @@ impl Sim {
                 .nat
                 .outbound(now, d.src, d.dst, &mut self.rng)
                 .and_then(|outside| {
-                    let inside = router.nat.hairpin_target(now, d.dst.port())?;
+                    let inside = router.nat.hairpin_target(now, d.dst.port(), outside)?;
                     Ok((outside, inside))
                 });
             self.sync_nat_counters();
