@@ -32,8 +32,8 @@ fn all_distinct(seen: &[SocketAddr]) -> bool {
 
 fn reflectors(w: &mut World) -> Vec<wgmesh_sim::HostId> {
     for h in [w.a, w.b] {
-        w.sim.bind(h, 7000).unwrap();
-        w.sim.bind(h, 7001).unwrap();
+        w.sim.bind(h, 7000).expect("7000 free");
+        w.sim.bind(h, 7001).expect("7001 free");
     }
     vec![w.a, w.b]
 }

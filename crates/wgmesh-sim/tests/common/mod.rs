@@ -30,13 +30,13 @@ pub struct World {
 /// Public hosts `a` and `b`, router `r` (`nat`) with LAN hosts `x1`, `x2`.
 pub fn world(seed: u64, nat: impl Into<NatConfig>) -> World {
     let mut sim = Sim::new(seed);
-    let a = sim.add_public_host("a", A).unwrap();
-    let b = sim.add_public_host("b", B).unwrap();
+    let a = sim.add_public_host("a", A).expect("host a");
+    let b = sim.add_public_host("b", B).expect("host b");
     let r = sim
-        .add_router("r", WAN, "10.1.0.0/24".parse().unwrap(), nat)
-        .unwrap();
-    let x1 = sim.add_lan_host("x1", r).unwrap();
-    let x2 = sim.add_lan_host("x2", r).unwrap();
+        .add_router("r", WAN, "10.1.0.0/24".parse().expect("a prefix"), nat)
+        .expect("router r");
+    let x1 = sim.add_lan_host("x1", r).expect("host x1");
+    let x2 = sim.add_lan_host("x2", r).expect("host x2");
     World {
         sim,
         a,
@@ -57,7 +57,7 @@ pub fn pump(sim: &mut Sim, reflectors: &[HostId]) {
         for &h in reflectors {
             while let Some(d) = sim.poll_received(h) {
                 sim.send(h, d.local.port(), d.from, d.from.to_string())
-                    .unwrap();
+                    .expect("a reflector's port is bound");
             }
         }
     }
@@ -66,7 +66,12 @@ pub fn pump(sim: &mut Sim, reflectors: &[HostId]) {
 /// Every datagram waiting at `host`: (source, text).
 pub fn drain(sim: &mut Sim, host: HostId) -> Vec<(SocketAddr, String)> {
     std::iter::from_fn(|| sim.poll_received(host))
-        .map(|d| (d.from, String::from_utf8(d.bytes).unwrap()))
+        .map(|d| {
+            (
+                d.from,
+                String::from_utf8(d.bytes).expect("test datagrams are text"),
+            )
+        })
         .collect()
 }
 
@@ -82,7 +87,8 @@ pub fn probe(
 ) -> Vec<Option<SocketAddr>> {
     let _ = sim.bind(host, port);
     for &dst in to {
-        sim.send(host, port, dst, "probe").unwrap();
+        sim.send(host, port, dst, "probe")
+            .expect("the probe port is bound");
     }
     pump(sim, reflectors);
     let got = drain(sim, host);
@@ -90,7 +96,7 @@ pub fn probe(
         .map(|dst| {
             got.iter()
                 .find(|(from, _)| from == dst)
-                .map(|(_, seen)| seen.parse().unwrap())
+                .map(|(_, seen)| seen.parse().expect("a reflector answers an endpoint"))
         })
         .collect()
 }
