@@ -7,7 +7,8 @@
 //! node learns its reflexive address with ([`stun`]); disco, the sealed
 //! ping/pong/call-me-maybe that find direct paths ([`disco`]); and the inbound
 //! packet filter a mesh node enforces its network's policy with
-//! ([`filter`]: rules per source, a flow table for replies). Callers feed it
+//! ([`filter`]: rules per source, a flow table for replies); the relay's
+//! frames, its state machine and a node's relay session ([`relay`]). Callers feed it
 //! packets and the time (`handle_*`), and drain what it wants sent
 //! (`poll_*`); it never touches a socket, a TUN device or a file.
 //!
@@ -23,6 +24,7 @@ pub mod allowed_ips;
 pub mod device;
 pub mod disco;
 pub mod filter;
+pub mod relay;
 pub mod stun;
 pub mod uapi;
 
