@@ -1,0 +1,528 @@
+//! The relay over real sockets on loopback: clients over UDP and over
+//! WebSocket/TLS (a CA-signed certificate made with openssl) exchange
+//! frames both ways; non-members, forged and replayed hellos are refused;
+//! the rate limit drops and counts; STUN is answered; a node removed from
+//! the members file is cut off within 2 s. Waits poll to deadlines.
+#![allow(clippy::unwrap_used)] // test helpers: a panic names the line that failed
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use wgmesh_core::key::{PrivateKey, PublicKey};
+use wgmesh_proto::relay::hello::HelloSealer;
+use wgmesh_proto::relay::{ClientEvent, Frame, RateLimit, RefuseReason, RelayConfig};
+use wgmesh_proto::stun;
+use wgmesh_relay::serve::{self, MembersSource, RelayServerConfig, Running, Stats, WsListen};
+use wgmesh_relay::{RelayClient, RelayClientError};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=wgmesh-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ];
+    ca.extend(ec);
+    openssl(&ca, dir);
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+    ];
+    csr.extend(ec);
+    openssl(&csr, dir);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+        dir,
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+fn new_key() -> PrivateKey {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).unwrap();
+    PrivateKey::from_random(b)
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).unwrap();
+    b
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+struct Relay {
+    dir: tempfile::TempDir,
+    running: Running,
+    ca: PathBuf,
+    members_file: PathBuf,
+}
+
+impl Relay {
+    async fn start(members: &[&PrivateKey], rate_limit: Option<RateLimit>, tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = certificates(dir.path());
+        let members_file = dir.path().join("members");
+        write_members(&members_file, members);
+        let running = serve::start(RelayServerConfig {
+            listen_udp: "127.0.0.1:0".parse().unwrap(),
+            ws: Some(WsListen {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls: tls.then_some((cert, key)),
+            }),
+            members: MembersSource::File(members_file.clone()),
+            key: new_key(),
+            core: RelayConfig {
+                rate_limit,
+                ..RelayConfig::default()
+            },
+        })
+        .await
+        .unwrap();
+        let relay = Self {
+            dir,
+            running,
+            ca,
+            members_file,
+        };
+        let n = members.len();
+        relay
+            .wait_stats("the members file to load", |s| s.members == n)
+            .await;
+        relay
+    }
+
+    fn key(&self) -> PublicKey {
+        self.running.public_key
+    }
+
+    fn wss_url(&self) -> String {
+        format!("wss://{}/relay", self.running.ws.unwrap())
+    }
+
+    async fn stats(&self) -> Stats {
+        self.running.stats().await.unwrap()
+    }
+
+    async fn wait_stats(&self, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let s = self.stats().await;
+            if cond(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "timed out waiting for {what}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn udp_client(&self, node: &PrivateKey) -> Result<RelayClient, RelayClientError> {
+        RelayClient::connect_udp(self.running.udp, self.key(), node).await
+    }
+
+    async fn wss_client(&self, node: &PrivateKey) -> Result<RelayClient, RelayClientError> {
+        let tls = wgmesh_relay::tls::client_config(Some(&self.ca)).unwrap();
+        RelayClient::connect_ws(&self.wss_url(), self.key(), node, Some(tls)).await
+    }
+}
+
+fn write_members(path: &Path, members: &[&PrivateKey]) {
+    let text: String = members
+        .iter()
+        .map(|k| format!("{}\n", k.public_key()))
+        .collect();
+    // Whole or not at all: the relay polls the file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The next payload `c` receives, skipping other events, within the deadline.
+async fn next_payload(c: &mut RelayClient) -> (PublicKey, Vec<u8>) {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(end, c.recv()).await {
+            Ok(Some(ClientEvent::Received { from, payload })) => return (from, payload),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the relay client closed"),
+            Err(_) => panic!("no payload within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// The next event `c` gets that `pick` accepts, within `deadline`.
+async fn next_event(
+    c: &mut RelayClient,
+    deadline: Duration,
+    pick: impl Fn(&ClientEvent) -> bool,
+) -> ClientEvent {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        match tokio::time::timeout_at(end, c.recv()).await {
+            Ok(Some(e)) if pick(&e) => return e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the relay client closed"),
+            Err(_) => panic!("no matching event within {deadline:?}"),
+        }
+    }
+}
+
+/// A bare UDP socket that speaks frames by hand.
+async fn raw_socket(relay: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.connect(relay).await.unwrap();
+    s
+}
+
+async fn raw_recv(s: &UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0u8; 65_536];
+    let n = tokio::time::timeout(DEADLINE, s.recv(&mut buf))
+        .await
+        .expect("an answer from the relay")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn refused(r: RefuseReason) -> Vec<u8> {
+    Frame::Refused(r).to_vec().unwrap()
+}
+
+#[tokio::test]
+async fn udp_and_wss_clients_exchange_frames_both_ways_unchanged() {
+    let (a, b, c) = (new_key(), new_key(), new_key());
+    let relay = Relay::start(&[&a, &b, &c], None, true).await;
+    let mut ca = relay.udp_client(&a).await.unwrap();
+    let mut cb = relay.wss_client(&b).await.unwrap();
+    let cc = relay.wss_client(&c).await.unwrap();
+    // Random bytes of many sizes, up to a jumbo datagram: the relay
+    // copies the payload and never looks inside.
+    let mut sent = 0u64;
+    for size in [1usize, 4, 33, 148, 1420, 9000, 60_000] {
+        let p = random_bytes(size);
+        ca.send(b.public_key(), &p).await.unwrap();
+        assert_eq!(next_payload(&mut cb).await, (a.public_key(), p));
+        let p = random_bytes(size);
+        cb.send(a.public_key(), &p).await.unwrap();
+        assert_eq!(next_payload(&mut ca).await, (b.public_key(), p));
+        // WebSocket to WebSocket too.
+        let p = random_bytes(size);
+        cc.send(b.public_key(), &p).await.unwrap();
+        assert_eq!(next_payload(&mut cb).await, (c.public_key(), p));
+        sent += 3 * size as u64;
+    }
+    let s = relay.stats().await;
+    assert_eq!(s.core.frames_forwarded, 21);
+    assert_eq!(s.core.bytes_forwarded, sent);
+    assert_eq!(s.core.hellos_accepted, 3);
+    assert_eq!(s.registered, 3);
+    assert_eq!(s.ws_connections, 2);
+    // A send to a key with no registration comes back as peer gone.
+    let nobody = new_key().public_key();
+    ca.send(nobody, b"x").await.unwrap();
+    assert_eq!(
+        next_event(&mut ca, DEADLINE, |e| matches!(e, ClientEvent::PeerGone(_))).await,
+        ClientEvent::PeerGone(nobody)
+    );
+    relay.running.stop().await;
+    drop(relay.dir);
+}
+
+#[tokio::test]
+async fn plain_ws_only_when_asked_for() {
+    let (a, b) = (new_key(), new_key());
+    let relay = Relay::start(&[&a, &b], None, false).await;
+    let url = format!("ws://{}/relay", relay.running.ws.unwrap());
+    let mut ca = RelayClient::connect_ws(&url, relay.key(), &a, None)
+        .await
+        .unwrap();
+    let cb = relay.udp_client(&b).await.unwrap();
+    cb.send(a.public_key(), b"over plain ws").await.unwrap();
+    assert_eq!(
+        next_payload(&mut ca).await,
+        (b.public_key(), b"over plain ws".to_vec())
+    );
+    // The wrong path is refused at the handshake.
+    let wrong = format!("ws://{}/other", relay.running.ws.unwrap());
+    assert!(matches!(
+        RelayClient::connect_ws(&wrong, relay.key(), &a, None).await,
+        Err(RelayClientError::WebSocket(_))
+    ));
+    relay.running.stop().await;
+}
+
+#[tokio::test]
+async fn wss_needs_a_trusted_certificate() {
+    let a = new_key();
+    let relay = Relay::start(&[&a], None, true).await;
+    // Without the private CA the certificate does not verify.
+    let tls = wgmesh_relay::tls::client_config(None).unwrap();
+    assert!(
+        RelayClient::connect_ws(&relay.wss_url(), relay.key(), &a, Some(tls))
+            .await
+            .is_err()
+    );
+    assert!(relay.wss_client(&a).await.is_ok());
+    relay.running.stop().await;
+}
+
+#[tokio::test]
+async fn non_members_are_refused_and_their_frames_never_delivered() {
+    let (a, b, m) = (new_key(), new_key(), new_key());
+    let relay = Relay::start(&[&a, &b], None, true).await;
+    let ca = relay.udp_client(&a).await.unwrap();
+    let mut cb = relay.wss_client(&b).await.unwrap();
+    assert!(matches!(
+        relay.udp_client(&m).await,
+        Err(RelayClientError::Refused(RefuseReason::NotMember))
+    ));
+    assert!(matches!(
+        relay.wss_client(&m).await,
+        Err(RelayClientError::Refused(RefuseReason::NotMember))
+    ));
+    // Frames straight at b without a hello, and after a refused hello.
+    let raw = raw_socket(relay.running.udp).await;
+    let hello = HelloSealer::new(&m, &relay.key())
+        .unwrap()
+        .hello(unix_ms(), random_bytes(24).try_into().unwrap());
+    raw.send(&Frame::ClientHello(hello).to_vec().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(raw_recv(&raw).await, refused(RefuseReason::NotMember));
+    for _ in 0..10 {
+        let f = Frame::Send {
+            to: b.public_key(),
+            payload: b"from a stranger",
+        };
+        raw.send(&f.to_vec().unwrap()).await.unwrap();
+        assert_eq!(raw_recv(&raw).await, refused(RefuseReason::NotRegistered));
+    }
+    // b's next payload is a's marker: nothing of the stranger's came first.
+    ca.send(b.public_key(), b"marker").await.unwrap();
+    assert_eq!(
+        next_payload(&mut cb).await,
+        (a.public_key(), b"marker".to_vec())
+    );
+    let s = relay.stats().await;
+    assert_eq!(s.core.dropped_not_member, 3);
+    assert_eq!(s.core.dropped_not_registered, 10);
+    assert_eq!(s.core.frames_forwarded, 1);
+    relay.running.stop().await;
+}
+
+#[tokio::test]
+async fn forged_and_replayed_hellos_are_refused() {
+    let (a, b, m) = (new_key(), new_key(), new_key());
+    let relay = Relay::start(&[&a, &b], None, true).await;
+    let cb = relay.udp_client(&b).await.unwrap();
+    // m claims a's key with a proof made with m's own key.
+    let forger = raw_socket(relay.running.udp).await;
+    let mut forged = HelloSealer::new(&m, &relay.key())
+        .unwrap()
+        .hello(unix_ms(), random_bytes(24).try_into().unwrap());
+    forged.node = a.public_key();
+    forger
+        .send(&Frame::ClientHello(forged).to_vec().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(raw_recv(&forger).await, refused(RefuseReason::BadProof));
+    // a's real hello, by hand, is accepted once ...
+    let real = raw_socket(relay.running.udp).await;
+    let hello = HelloSealer::new(&a, &relay.key())
+        .unwrap()
+        .hello(unix_ms(), random_bytes(24).try_into().unwrap());
+    let hello = Frame::ClientHello(hello).to_vec().unwrap();
+    real.send(&hello).await.unwrap();
+    assert_eq!(raw_recv(&real).await, vec![0xE2, 1]);
+    // ... and replayed by someone who saw it, refused.
+    forger.send(&hello).await.unwrap();
+    assert_eq!(raw_recv(&forger).await, refused(RefuseReason::Replayed));
+    // a's registration stayed where it was: b's frames reach `real`.
+    cb.send(a.public_key(), b"to the real a").await.unwrap();
+    assert_eq!(
+        Frame::parse(&raw_recv(&real).await).unwrap(),
+        Frame::Recv {
+            from: b.public_key(),
+            payload: b"to the real a"
+        }
+    );
+    let s = relay.stats().await;
+    assert_eq!(s.core.dropped_bad_hello, 2);
+    relay.running.stop().await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_drops_and_counts_excess() {
+    let (a, b) = (new_key(), new_key());
+    let rate = RateLimit {
+        bytes_per_sec: 10_000,
+        burst_bytes: 20_000,
+    };
+    let relay = Relay::start(&[&a, &b], Some(rate), true).await;
+    let ca = relay.udp_client(&a).await.unwrap();
+    let mut cb = relay.wss_client(&b).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..100 {
+        ca.send(b.public_key(), &[7u8; 1000]).await.unwrap();
+    }
+    let s = relay
+        .wait_stats("all 100 sends to be handled", |s| {
+            s.core.frames_forwarded + s.core.dropped_rate_limited == 100
+        })
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    // The burst, plus what the rate refilled meanwhile.
+    let allowed = 20 + (elapsed * 10.0).ceil() as u64;
+    assert!(
+        s.core.frames_forwarded >= 20 && s.core.frames_forwarded <= allowed,
+        "forwarded {} in {elapsed:.2} s",
+        s.core.frames_forwarded
+    );
+    assert!(s.core.dropped_rate_limited >= 100 - allowed);
+    // b gets exactly what was forwarded.
+    for _ in 0..s.core.frames_forwarded {
+        assert_eq!(next_payload(&mut cb).await.1, vec![7u8; 1000]);
+    }
+    relay.running.stop().await;
+}
+
+#[tokio::test]
+async fn stun_is_answered_on_the_relay_port() {
+    let a = new_key();
+    let relay = Relay::start(&[&a], None, true).await;
+    let s = raw_socket(relay.running.udp).await;
+    let txid = stun::TransactionId(random_bytes(12).try_into().unwrap());
+    s.send(&stun::binding_request(txid)).await.unwrap();
+    let (got, mapped) = stun::parse_binding_response(&raw_recv(&s).await).unwrap();
+    assert_eq!(got, txid);
+    assert_eq!(mapped, s.local_addr().unwrap());
+    assert_eq!(relay.stats().await.stun_answered, 1);
+    relay.running.stop().await;
+}
+
+#[tokio::test]
+async fn removal_from_the_members_file_cuts_a_node_off_within_2_s() {
+    let (a, b, c, d) = (new_key(), new_key(), new_key(), new_key());
+    let relay = Relay::start(&[&a, &b, &c, &d], None, true).await;
+    let mut ca = relay.udp_client(&a).await.unwrap();
+    let mut cb = relay.wss_client(&b).await.unwrap();
+    let mut cc = relay.udp_client(&c).await.unwrap();
+    let mut cd = relay.udp_client(&d).await.unwrap();
+    cb.send(a.public_key(), b"before").await.unwrap();
+    assert_eq!(next_payload(&mut ca).await.1, b"before");
+    cd.send(a.public_key(), b"before").await.unwrap();
+    assert_eq!(next_payload(&mut ca).await.1, b"before");
+
+    let removed_at = Instant::now();
+    write_members(&relay.members_file, &[&a, &c]);
+    // b (WebSocket) and d (UDP) are told at once.
+    let not_member = |e: &ClientEvent| matches!(e, ClientEvent::Refused(_) | ClientEvent::Lost);
+    assert_eq!(
+        next_event(&mut cb, Duration::from_secs(2), not_member).await,
+        ClientEvent::Refused(RefuseReason::NotMember)
+    );
+    assert_eq!(
+        next_event(&mut cd, Duration::from_secs(2), not_member).await,
+        ClientEvent::Refused(RefuseReason::NotMember)
+    );
+    let cut = removed_at.elapsed();
+    assert!(cut < Duration::from_secs(2), "cut off after {cut:?}");
+    // b's WebSocket is closed by the relay.
+    assert_eq!(
+        next_event(&mut cb, DEADLINE, |e| *e == ClientEvent::Lost).await,
+        ClientEvent::Lost
+    );
+    // a's sends to b and d now find no one; d's sends are refused.
+    for gone in [b.public_key(), d.public_key()] {
+        ca.send(gone, b"after").await.unwrap();
+        assert_eq!(
+            next_event(&mut ca, DEADLINE, |e| matches!(e, ClientEvent::PeerGone(_))).await,
+            ClientEvent::PeerGone(gone)
+        );
+    }
+    cd.send(a.public_key(), b"after").await.unwrap();
+    assert_eq!(
+        next_event(&mut cd, DEADLINE, |e| matches!(e, ClientEvent::Refused(_))).await,
+        ClientEvent::Refused(RefuseReason::NotRegistered)
+    );
+    let s = relay.stats().await;
+    assert_eq!(s.core.registrations_removed, 2);
+    assert_eq!(s.registered, 2);
+    // The others are untouched.
+    ca.send(c.public_key(), b"still here").await.unwrap();
+    assert_eq!(
+        next_payload(&mut cc).await,
+        (a.public_key(), b"still here".to_vec())
+    );
+    relay.running.stop().await;
+}
