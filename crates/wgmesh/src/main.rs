@@ -9,6 +9,7 @@ mod demo_cmd;
 mod key_cmd;
 mod lab_cmd;
 mod plan_cmd;
+mod relay_cmd;
 mod secret_file;
 mod server_cmd;
 mod wg_cmd;
@@ -67,6 +68,9 @@ enum Command {
     /// Administer a coordination server: networks, nodes, setup keys,
     /// policy, audit log (WGMESH_SERVER, WGMESH_TOKEN).
     Admin(admin_cmd::AdminArgs),
+    /// The relay: forwards WireGuard packets between nodes that cannot
+    /// reach each other directly (UDP and WebSocket/TLS), answers STUN.
+    Relay(relay_cmd::RelayArgs),
     /// The seed mesh, live, in network namespaces (root): server, agents,
     /// NAT routers; `--check` to wait for it and exit 0 or 1.
     Demo(demo_cmd::DemoArgs),
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
         Command::Status(args) => agent_cmd::status(args),
         Command::Server(args) => server_cmd::run(args),
         Command::Admin(args) => admin_cmd::run(args),
+        Command::Relay(args) => relay_cmd::run(args),
         Command::Genkey { out, force } => key_cmd::genkey(out.as_deref(), force),
         Command::Pubkey => key_cmd::pubkey(),
         Command::Genpsk => key_cmd::genpsk(),
