@@ -364,12 +364,17 @@ impl World {
 
     /// The nodes of a network, by id.
     pub fn nodes_of(&self, network_id: i64) -> impl Iterator<Item = &Node> {
-        self.index
-            .by_network
-            .get(&network_id)
+        let ids = self.index.by_network.get(&network_id);
+        // One network holding every node is the common case: walking the
+        // map itself is several times cheaper than a lookup per id.
+        let all = ids.is_some_and(|ids| ids.len() == self.nodes.len());
+        let walk = all.then(|| self.nodes.values()).into_iter().flatten();
+        let indexed = ids
+            .filter(|_| !all)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.nodes.get(id))
+            .filter_map(|id| self.nodes.get(id));
+        walk.chain(indexed)
     }
 
     /// Rebuilds the indexes from `nodes` (after loading, or after changing
@@ -602,8 +607,24 @@ impl World {
             Some(id) => self.reindex_node(id, before.indexed.as_ref()),
             None => self.reindex(),
         }
-        let Some(net) = self.networks.get(&before.network_id).cloned() else {
-            return 0;
+        let mut sent = 0;
+        for (id, update) in self.updates_after(&before) {
+            let node = self
+                .nodes
+                .get_mut(&id)
+                .expect("invariant: collected from nodes above");
+            node.version += 1;
+            sent += node.push(&update);
+        }
+        sent
+    }
+
+    /// What [`World::push_changes`] sends, per node, computed without
+    /// changing anything (so the network is borrowed, not copied with its
+    /// policy for every change).
+    fn updates_after(&self, before: &Before) -> Vec<(i64, MapUpdate)> {
+        let Some(net) = self.networks.get(&before.network_id) else {
+            return Vec::new();
         };
         let hub = self.primary_hub(net.id);
         // Deltas carry peers only: a new primary hub (every node's overlay
@@ -618,8 +639,6 @@ impl World {
             map.version += 1;
             updates.push((me.id, MapUpdate::Full(map)));
         };
-        // Who may get a delta, with their entries now.
-        let mut changes: Vec<(i64, Vec<MapPeer>)> = Vec::new();
         match before.changed {
             _ if everyone_full => {
                 for me in self.nodes_of(net.id).filter(|n| !n.streams.is_empty()) {
@@ -635,7 +654,7 @@ impl World {
                     full(self, c, &mut updates);
                 }
                 let mut now = match self.nodes.get(&changed) {
-                    Some(c) => self.entries_about(c, &net, hub),
+                    Some(c) => self.entries_about(c, net, hub),
                     None => HashMap::new(),
                 };
                 let ids: BTreeSet<i64> = before
@@ -646,7 +665,12 @@ impl World {
                     .filter(|id| *id != changed)
                     .collect();
                 for id in ids {
-                    changes.push((id, now.remove(&id).unwrap_or_default()));
+                    let Some(me) = self.nodes.get(&id) else {
+                        continue;
+                    };
+                    let old = before.entries.get(&id).map_or(&[][..], Vec::as_slice);
+                    let new = now.remove(&id).unwrap_or_default();
+                    updates.extend(Self::delta(me, old, new).map(|u| (id, u)));
                 }
             }
             None => {
@@ -657,54 +681,42 @@ impl World {
                     }
                     let mine = rules_naming(&net.policy, me);
                     let others = self.candidates(me, &mine);
-                    changes.push((me.id, self.entries_for(me, &others, &net, &mine, hub)));
+                    let new = self.entries_for(me, &others, net, &mine, hub);
+                    let old = &before.entries[&me.id];
+                    updates.extend(Self::delta(me, old, new).map(|u| (me.id, u)));
                 }
             }
         }
-        for (id, new) in changes {
-            let Some(me) = self.nodes.get(&id) else {
-                continue;
-            };
-            if me.streams.is_empty() {
-                continue;
-            }
-            let old = before.entries.get(&id).map_or(&[][..], Vec::as_slice);
-            let old_by_key: HashMap<PublicKey, &MapPeer> =
-                old.iter().map(|e| (e.public_key, e)).collect();
-            let new_keys: HashSet<PublicKey> = new.iter().map(|e| e.public_key).collect();
-            let upsert: Vec<MapPeer> = new
-                .iter()
-                .filter(|e| old_by_key.get(&e.public_key) != Some(e))
-                .cloned()
-                .collect();
-            let remove: Vec<PublicKey> = old
-                .iter()
-                .filter(|o| !new_keys.contains(&o.public_key))
-                .map(|o| o.public_key)
-                .collect();
-            if upsert.is_empty() && remove.is_empty() {
-                continue;
-            }
-            updates.push((
-                id,
-                MapUpdate::Delta(MapDelta {
-                    from_version: me.version,
-                    version: me.version + 1,
-                    upsert,
-                    remove,
-                }),
-            ));
+        updates
+    }
+
+    /// The delta that takes `me` from `old` entries to `new` ones, if they
+    /// differ and it has a stream to send it on.
+    fn delta(me: &Node, old: &[MapPeer], new: Vec<MapPeer>) -> Option<MapUpdate> {
+        if me.streams.is_empty() {
+            return None;
         }
-        let mut sent = 0;
-        for (id, update) in updates {
-            let node = self
-                .nodes
-                .get_mut(&id)
-                .expect("invariant: collected from nodes above");
-            node.version += 1;
-            sent += node.push(&update);
+        let old_by_key: HashMap<PublicKey, &MapPeer> =
+            old.iter().map(|e| (e.public_key, e)).collect();
+        let new_keys: HashSet<PublicKey> = new.iter().map(|e| e.public_key).collect();
+        let remove: Vec<PublicKey> = old
+            .iter()
+            .filter(|o| !new_keys.contains(&o.public_key))
+            .map(|o| o.public_key)
+            .collect();
+        let upsert: Vec<MapPeer> = new
+            .into_iter()
+            .filter(|e| old_by_key.get(&e.public_key) != Some(&e))
+            .collect();
+        if upsert.is_empty() && remove.is_empty() {
+            return None;
         }
-        sent
+        Some(MapUpdate::Delta(MapDelta {
+            from_version: me.version,
+            version: me.version + 1,
+            upsert,
+            remove,
+        }))
     }
 
     /// Cuts every stream of a node (it was removed).
@@ -897,6 +909,22 @@ mod tests {
         w.nodes.insert(30, node(30, &["g2"], false, true));
         w.push_changes(before);
         assert_eq!(w.nodes_of(1).count(), 24);
+        check_index(&w);
+        check_full_maps(&w);
+
+        // A second network: its nodes are apart from the first's.
+        let mut other = w.networks[&1].clone();
+        other.id = 2;
+        other.name = "other".into();
+        w.networks.insert(2, other);
+        let before = w.before(2, Some(50));
+        let mut n = node(50, &["g0"], false, true);
+        n.network_id = 2;
+        w.nodes.insert(50, n);
+        w.push_changes(before);
+        assert_eq!(w.nodes_of(1).count(), 24);
+        assert_eq!(w.nodes_of(2).map(|n| n.id).collect::<Vec<_>>(), [50]);
+        assert!(w.full_map(&w.nodes[&50]).unwrap().peers.is_empty());
         check_index(&w);
         check_full_maps(&w);
     }
