@@ -526,3 +526,108 @@ async fn removal_from_the_members_file_cuts_a_node_off_within_2_s() {
     );
     relay.running.stop().await;
 }
+
+/// A one-route HTTP server standing in for the coordination server's
+/// `GET /api/v1/relay/members`: 401 without the bearer token, else the
+/// JSON `body` holds at the time.
+async fn fake_server(
+    token: &'static str,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = conn.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let req = String::from_utf8_lossy(&req).to_lowercase();
+                let (status, text) = if !req.starts_with("get /api/v1/relay/members ") {
+                    ("404 Not Found", String::new())
+                } else if !req.contains(&format!("authorization: bearer {token}\r\n")) {
+                    ("401 Unauthorized", String::new())
+                } else {
+                    ("200 OK", body.lock().unwrap().clone())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn members_come_from_the_server_with_the_relay_token() {
+    let (a, b) = (new_key(), new_key());
+    let body = std::sync::Arc::new(std::sync::Mutex::new(format!(
+        r#"{{"public_keys": ["{}", "{}"]}}"#,
+        a.public_key(),
+        b.public_key()
+    )));
+    let (server, server_task) = fake_server("relay-token", body.clone()).await;
+    let start = |token: &str| {
+        serve::start(RelayServerConfig {
+            listen_udp: "127.0.0.1:0".parse().unwrap(),
+            ws: None,
+            members: MembersSource::Server {
+                url: format!("http://{server}"),
+                token: token.to_owned(),
+                ca_file: None,
+                interval: Duration::from_millis(200),
+            },
+            key: new_key(),
+            core: RelayConfig::default(),
+        })
+    };
+    // The wrong token gets nothing: no members, everyone refused.
+    let wrong = start("not-the-token").await.unwrap();
+    assert!(matches!(
+        RelayClient::connect_udp(wrong.udp, wrong.public_key, &a).await,
+        Err(RelayClientError::Refused(RefuseReason::NotMember))
+    ));
+    assert_eq!(wrong.stats().await.unwrap().members, 0);
+    wrong.stop().await;
+
+    let running = start("relay-token").await.unwrap();
+    let end = Instant::now() + DEADLINE;
+    while running.stats().await.unwrap().members != 2 {
+        assert!(Instant::now() < end, "the members never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ca = RelayClient::connect_udp(running.udp, running.public_key, &a)
+        .await
+        .unwrap();
+    let mut cb = RelayClient::connect_udp(running.udp, running.public_key, &b)
+        .await
+        .unwrap();
+    ca.send(b.public_key(), b"via the server's members")
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut cb).await.1, b"via the server's members");
+    // The server drops b: cut off at the next poll.
+    *body.lock().unwrap() = format!(r#"{{"public_keys": ["{}"]}}"#, a.public_key());
+    assert_eq!(
+        next_event(&mut cb, Duration::from_secs(2), |e| matches!(
+            e,
+            ClientEvent::Refused(_)
+        ))
+        .await,
+        ClientEvent::Refused(RefuseReason::NotMember)
+    );
+    server_task.abort();
+    running.stop().await;
+}
