@@ -191,10 +191,10 @@ fn mappings_expire_after_the_timeout_unless_refreshed() {
 /// to it.
 fn hairpin(kind: NatKind, hairpin: Hairpin) {
     let mut w = world(5, NatConfig::kind(kind).hairpin(hairpin));
-    w.sim.bind(w.a, 7000).unwrap();
-    w.sim.bind(w.a, 7001).unwrap();
+    w.sim.bind(w.a, 7000).expect("7000 free");
+    w.sim.bind(w.a, 7001).expect("7001 free");
     let (a, x1, x2) = (w.a, w.x1, w.x2);
-    let m2 = probe(&mut w.sim, x2, 5000, &[ep(A, 7000)], &[a])[0].unwrap();
+    let m2 = probe(&mut w.sim, x2, 5000, &[ep(A, 7000)], &[a])[0].expect("A:7000 answers x2");
     assert!(wan_ip(m2), "{kind:?}: x2 mapped to {m2}");
     match hairpin {
         Hairpin::On => {
@@ -210,9 +210,9 @@ fn hairpin(kind: NatKind, hairpin: Hairpin) {
             }
         }
         Hairpin::Off => {
-            w.sim.bind(x1, 6000).unwrap();
-            w.sim.send(x1, 6000, m2, "hairpin").unwrap();
-            w.sim.send(a, 7000, m2, "marker").unwrap();
+            w.sim.bind(x1, 6000).expect("6000 free");
+            w.sim.send(x1, 6000, m2, "hairpin").expect("bound");
+            w.sim.send(a, 7000, m2, "marker").expect("bound");
             pump(&mut w.sim, &[]);
             let got = drain(&mut w.sim, x2);
             assert_eq!(got, [(ep(A, 7000), "marker".to_owned())], "{kind:?}");
