@@ -13,13 +13,15 @@
 //! order, so a seed replays a run exactly ([`Sim::trace`]).
 //!
 //! It owns no protocol: no WireGuard, no disco, no STUN codec. Those are
-//! wgmesh-proto's, driven on top of this network by a loop over
+//! wgmesh-proto's, driven on top of this network ([`disco`]: two nodes
+//! finding a path through every pair of NAT kinds) by a loop over
 //! [`Sim::next_event_time`], [`Sim::advance_to`], [`Sim::poll_received`]
 //! and [`Sim::send`] (see [`Sim`]). It does no IO, starts no threads and
 //! reads the real clock at most once (the origin, see [`SimConfig::base`]).
 //! TCP is not simulated.
 
 mod clock;
+pub mod disco;
 mod error;
 mod link;
 mod nat;

@@ -24,9 +24,13 @@
 //! - the best confirmed path (lowest RTT) carries traffic; it gets a
 //!   heartbeat ping every [`HEARTBEAT`] and is dropped when no pong has
 //!   come for [`TRUST`]: traffic then falls back to the relay, and
-//!   discovery runs again — every [`PROBE_FAST`] for [`FAST_WINDOW`] after
-//!   a trigger (new peer, lost path, call-me-maybe, [`PathManager::note_loss`]),
-//!   then every [`PROBE_SLOW`], so a path that comes back is found again.
+//!   discovery runs again — [`QUICK_ROUNDS`] rounds [`PROBE_QUICK`] apart
+//!   after a trigger (new peer, lost path, call-me-maybe,
+//!   [`PathManager::note_loss`]), then every [`PROBE_FAST`] until
+//!   [`FAST_WINDOW`] has passed, then every [`PROBE_SLOW`], so a path that
+//!   comes back is found again;
+//! - the addresses peers saw our pings come from (in their pongs) join our
+//!   own endpoints, which call-me-maybes carry.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -44,7 +48,11 @@ pub const HEARTBEAT: Duration = Duration::from_millis(1000);
 /// heartbeat a second, two lost in a row (or the path dying) moves the
 /// peer to the relay within [`TRUST`] + one tick, inside issue 6's 3 s.
 pub const TRUST: Duration = Duration::from_millis(2200);
-/// Discovery rounds while looking hard for a path …
+/// The first [`QUICK_ROUNDS`] discovery rounds after a trigger come this
+/// often (a lost ping costs a quarter second, not a whole one) …
+pub const PROBE_QUICK: Duration = Duration::from_millis(250);
+pub const QUICK_ROUNDS: u32 = 4;
+/// … then this often while looking hard for a path …
 pub const PROBE_FAST: Duration = Duration::from_millis(1000);
 /// … for this long after a trigger …
 pub const FAST_WINDOW: Duration = Duration::from_secs(10);
@@ -126,7 +134,18 @@ struct PeerPaths {
     path: Path,
     next_probe: Instant,
     fast_until: Instant,
+    /// Discovery rounds since the last trigger.
+    rounds: u32,
     next_heartbeat: Option<Instant>,
+}
+
+impl PeerPaths {
+    /// Something happened that calls for looking again, fast.
+    fn trigger(&mut self, now: Instant) {
+        self.next_probe = now;
+        self.fast_until = now + FAST_WINDOW;
+        self.rounds = 0;
+    }
 }
 
 #[derive(Debug)]
@@ -214,6 +233,7 @@ impl PathManager {
             },
             next_probe: now,
             fast_until: now + FAST_WINDOW,
+            rounds: 0,
             next_heartbeat: None,
         });
         let mut changed = false;
@@ -236,8 +256,7 @@ impl PathManager {
         });
         changed |= p.candidates.len() != before;
         if changed {
-            p.next_probe = now;
-            p.fast_until = now + FAST_WINDOW;
+            p.trigger(now);
         }
     }
 
@@ -256,8 +275,7 @@ impl PathManager {
     /// retried a handshake): look again, fast.
     pub fn note_loss(&mut self, now: Instant, peer: &PublicKey) {
         if let Some(p) = self.peers.get_mut(peer) {
-            p.next_probe = now;
-            p.fast_until = now + FAST_WINDOW;
+            p.trigger(now);
         }
     }
 
@@ -376,7 +394,15 @@ impl PathManager {
                     }
                 }
             }
-            Message::Pong { tx, .. } => {
+            Message::Pong { tx, observed } => {
+                // Where the peer saw our ping come from is one of our own
+                // endpoints (as STUN would tell): worth telling others.
+                if matches!(via, Via::Direct(_))
+                    && !self.local.contains(&observed)
+                    && self.local.len() < MAX_ENDPOINTS
+                {
+                    self.local.push(observed);
+                }
                 let Some(pending) = self.pending.remove(&tx) else {
                     self.stats.rejected += 1;
                     return Err(DiscoError::Replayed);
@@ -418,6 +444,7 @@ impl PathManager {
                     targets.push(e);
                 }
                 p.fast_until = now + FAST_WINDOW;
+                p.rounds = 0;
                 if p.best.is_none() {
                     for to in targets {
                         self.ping(now, peer, to);
@@ -467,8 +494,7 @@ impl PathManager {
             (None, Some(_)) => {
                 p.next_heartbeat = None;
                 // Lost the path: look again, fast.
-                p.next_probe = now;
-                p.fast_until = now + FAST_WINDOW;
+                p.trigger(now);
             }
             _ => {}
         }
@@ -512,9 +538,12 @@ impl PathManager {
                     .peers
                     .get_mut(&peer)
                     .expect("invariant: iterating keys");
+                p.rounds = p.rounds.saturating_add(1);
                 p.next_probe = now
                     + if p.best.is_some() {
                         PROBE_DIRECT
+                    } else if p.rounds < QUICK_ROUNDS {
+                        PROBE_QUICK
                     } else if now < p.fast_until {
                         PROBE_FAST
                     } else {
