@@ -431,6 +431,13 @@ impl NatTable {
         }
     }
 
+    /// Forgets every mapping at once (a router reboot; the lab's
+    /// `conntrack -F` plus flushing its nftables maps).
+    pub(crate) fn flush(&mut self) {
+        self.by_key.clear();
+        self.by_port.clear();
+    }
+
     /// The live mappings, inside endpoint → outside endpoint, in port order.
     pub(crate) fn mappings(&self, now: Duration) -> Vec<(SocketAddrV4, SocketAddrV4)> {
         self.by_port

@@ -12,6 +12,11 @@
 //! order they were scheduled in, so equal times are resolved the same way on
 //! every run. This module owns topology, routing and delivery; NAT decisions
 //! are `nat`'s, impairment is `link`'s.
+//!
+//! The shape follows what Firezone's connlib tunnel tests taught: one shared
+//! virtual clock, hosts found by address in a routing table, datagrams held
+//! until their delivery time and handed to the sans-IO state machine as
+//! input. What is added here is the NAT in the middle, decided per hop.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -336,6 +341,17 @@ impl Sim {
             .into_iter()
             .map(|(i, o)| (i.into(), o.into()))
             .collect())
+    }
+
+    /// Makes `router` forget every mapping (as if it rebooted): what
+    /// inside hosts had learned of their outside endpoints goes stale.
+    pub fn flush_nat(&mut self, router: RouterId) -> Result<(), SimError> {
+        self.routers
+            .get_mut(router.0)
+            .ok_or(SimError::UnknownRouter(router))?
+            .nat
+            .flush();
+        Ok(())
     }
 
     fn host(&self, host: HostId) -> Result<&Host, SimError> {

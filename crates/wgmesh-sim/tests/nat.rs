@@ -187,6 +187,25 @@ fn mappings_expire_after_the_timeout_unless_refreshed() {
     assert_eq!(w.sim.counters().nat_mappings_created, 2);
 }
 
+/// A router that forgets its mappings (the lab's `conntrack -F` and map
+/// flush): the old outside endpoint stops working until the inside host
+/// sends again.
+#[test]
+fn a_flushed_nat_forgets_its_mappings() {
+    let mut w = world(8, NatKind::PortRestricted);
+    w.sim.bind(w.a, 8000).expect("free");
+    let (a, x1, r) = (w.a, w.x1, w.r);
+    let mapped = probe(&mut w.sim, x1, 5000, &[ep(A, 8000)], &[a])[0].expect("answer");
+    w.sim.flush_nat(r).expect("router r");
+    assert!(w.sim.nat_mappings(r).expect("router r").is_empty());
+    w.sim.send(a, 8000, mapped, "after flush").expect("bound");
+    pump(&mut w.sim, &[]);
+    assert!(drain(&mut w.sim, x1).is_empty());
+    assert_eq!(w.sim.counters().dropped_no_mapping, 1);
+    let again = probe(&mut w.sim, x1, 5000, &[ep(A, 8000)], &[a])[0].expect("answer");
+    assert_eq!(again, mapped, "port preservation gives the same port back");
+}
+
 /// §6, as the lab's `hairpin`: x2 has a mapping (towards A:7000), x1 sends
 /// to it.
 fn hairpin(kind: NatKind, hairpin: Hairpin) {
