@@ -128,9 +128,9 @@ pub enum FilteringBehaviour {
     AddressAndPortDependent,
 }
 
-/// What the shortest mapping timer RFC 4787 §4.3 REQ-5 allows is, and what
-/// the lab's routers use: set [`NatConfig::mapping_timeout`] to it to mirror
-/// the lab exactly.
+/// The shortest mapping timer RFC 4787 §4.3 REQ-5 allows (two minutes),
+/// which the lab's routers use: pass it to [`NatConfig::mapping_timeout()`]
+/// to mirror the lab exactly.
 pub const RFC4787_MIN_MAPPING_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The default mapping timeout: 30 s, shorter than REQ-5 on purpose. Many

@@ -533,7 +533,9 @@ impl Sim {
         let to = match self.owners.get(&(segment, *d.dst.ip())) {
             Some(&hop) => hop,
             None => match segment {
-                // The router's LAN address itself runs no UDP service.
+                // Whatever is not on the LAN goes to its router (the
+                // default route); the router itself has nowhere else to
+                // put what it sends into its LAN.
                 Segment::Lan(r) if from != NodeRef::Router(r) => Hop::RouterLan(r),
                 _ => return self.drop_at(from, DropReason::NoRoute, &d),
             },
