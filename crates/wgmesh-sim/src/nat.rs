@@ -494,6 +494,37 @@ mod tests {
     }
 
     #[test]
+    fn address_dependent_mapping_shares_a_port_per_remote_address() {
+        let mut rng = SimRng::new(1);
+        let cfg = NatConfig {
+            mapping: MappingBehaviour::AddressDependent,
+            filtering: FilteringBehaviour::AddressDependent,
+            ..NatConfig::kind(NatKind::FullCone)
+        };
+        let mut t = NatTable::new(cfg, WAN);
+        let x = ep([10, 1, 0, 2], 5000);
+        let a1 = t
+            .outbound(s(0), x, ep([203, 0, 113, 10], 1), &mut rng)
+            .unwrap();
+        let a2 = t
+            .outbound(s(0), x, ep([203, 0, 113, 10], 2), &mut rng)
+            .unwrap();
+        let b = t
+            .outbound(s(0), x, ep([198, 51, 100, 20], 1), &mut rng)
+            .unwrap();
+        assert_eq!(a1, a2, "one mapping per remote address");
+        assert_eq!(a1.port(), 5000, "the first keeps the inside port");
+        assert_ne!(b, a1);
+        // Address-dependent filtering: another port of a contacted address.
+        assert_eq!(t.inbound(s(1), a1.port(), ep([203, 0, 113, 10], 3)), Ok(x));
+        assert_eq!(
+            t.inbound(s(1), a1.port(), ep([198, 51, 100, 20], 1)),
+            Err(NatRefusal::Filtered),
+            "B was contacted, but through the other mapping"
+        );
+    }
+
+    #[test]
     fn filtering_follows_the_kind() {
         let x = ep([10, 1, 0, 2], 5000);
         let a = ep([203, 0, 113, 10], 8000);
