@@ -34,8 +34,15 @@
 //! cookie, consistent length) goes to [`InterfaceConfig::on_foreign`]
 //! instead of the device, or is counted in [`IoStats::foreign_dropped`]
 //! when there is no handler; the rest goes to the device, which refuses
-//! it. [`Interface::send_foreign`] sends such datagrams out of the same
-//! socket (whichever is current after a `listen_port` change).
+//! it. The same goes for disco (first byte 0xD1, [`disco::is_disco`]) and
+//! relay frames (0xE1..=0xE7, [`relay::is_relay`]). [`Interface::send_foreign`]
+//! sends such datagrams out of the same socket (whichever is current after
+//! a `listen_port` change).
+//!
+//! Relayed peers: a datagram the device sends to a relay endpoint
+//! ([`crate::relay_endpoint`]) goes to [`InterfaceConfig::on_divert`]
+//! instead of the socket, and [`Interface::inject`] feeds the device what
+//! a relay brought, as if it had come from that endpoint.
 
 use std::io;
 use std::net::SocketAddr;
@@ -49,8 +56,8 @@ use tun_rs::{
     DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, InterruptEvent, SyncDevice, VIRTIO_NET_HDR_LEN,
 };
 use wgmesh_proto::device::{Device, Output, TimerParams};
-use wgmesh_proto::stun;
 use wgmesh_proto::uapi::{self, Request, SetCommand};
+use wgmesh_proto::{disco, relay, stun};
 
 use crate::DataplaneError;
 use crate::uapi_server::{self, Handled, UapiHandler, UapiServer};
@@ -100,9 +107,12 @@ pub struct InterfaceConfig {
     /// [`Device::dangerously_set_timer_params`]): only for tests that must
     /// see a rekey in seconds. `None` keeps the paper's timers.
     pub dangerous_timer_params: Option<TimerParams>,
-    /// Where STUN datagrams received on the WireGuard socket go; `None`
-    /// counts and drops them.
+    /// Where STUN, disco and relay datagrams received on the WireGuard
+    /// socket go; `None` counts and drops them.
     pub on_foreign: Option<ForeignHandler>,
+    /// Where WireGuard datagrams for relay endpoints go (the same calling
+    /// rules as `on_foreign`); `None` counts and drops them.
+    pub on_divert: Option<ForeignHandler>,
 }
 
 impl std::fmt::Debug for InterfaceConfig {
@@ -127,6 +137,7 @@ impl InterfaceConfig {
             on_fatal: None,
             dangerous_timer_params: None,
             on_foreign: None,
+            on_divert: None,
         }
     }
 }
@@ -187,6 +198,9 @@ struct Shared {
     on_fatal: Option<OnFatal>,
     fatal_sent: AtomicBool,
     on_foreign: Option<ForeignHandler>,
+    on_divert: Option<ForeignHandler>,
+    /// Buffers for [`Interface::inject`].
+    inject_writer: Mutex<Writer>,
 }
 
 impl Shared {
@@ -309,6 +323,14 @@ impl Writer {
     ) {
         for o in out.drain(..) {
             match o {
+                Output::Network { to, bytes } if crate::is_relay_endpoint(to) => {
+                    match &shared.on_divert {
+                        Some(divert) => divert(to, &bytes),
+                        None => {
+                            shared.stats.foreign_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
                 Output::Network { to, bytes } => {
                     let len = bytes.len();
                     let fits = self.gso_to == Some(to)
@@ -563,6 +585,8 @@ impl Interface {
             on_fatal: config.on_fatal.clone(),
             fatal_sent: AtomicBool::new(false),
             on_foreign: config.on_foreign.clone(),
+            on_divert: config.on_divert.clone(),
+            inject_writer: Mutex::new(Writer::new()),
         });
         let tun_wake = Arc::new(InterruptEvent::new().map_err(|source| DataplaneError::Tun {
             name: name.clone(),
@@ -671,6 +695,35 @@ impl Interface {
                 Err(DataplaneError::Send { to, source })
             }
         }
+    }
+
+    /// Hands the device a WireGuard datagram that did not come from the
+    /// socket (a relay brought it) as if it came from `from` (the peer's
+    /// relay endpoint), and does the IO that follows: the decrypted packet
+    /// to the TUN, a handshake reply out (diverted again, for a relay
+    /// endpoint).
+    pub fn inject(&self, from: SocketAddr, datagram: &[u8]) {
+        let Some(tun) = &self.tun else {
+            return;
+        };
+        let mut out = Vec::new();
+        if let Err(e) = self
+            .shared
+            .device()
+            .handle_udp(Instant::now(), from, datagram, &mut out)
+        {
+            self.shared.log_device.note(
+                "relayed datagram dropped",
+                &self.shared.stats.device_drops,
+                &format_args!("from {from}: {e}"),
+            );
+        }
+        let mut writer = self
+            .shared
+            .inject_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        writer.flush(&self.shared, &mut out, &self.shared.udp.get(), tun);
     }
 
     /// Stops everything and removes the TUN device and the UAPI socket.
@@ -862,7 +915,7 @@ fn is_foreign(datagram: &[u8]) -> bool {
     {
         return false;
     }
-    stun::is_stun(datagram)
+    stun::is_stun(datagram) || disco::is_disco(datagram) || relay::is_relay(datagram)
 }
 
 fn timer_loop(shared: &Shared, tun: &SyncDevice) {
@@ -918,6 +971,12 @@ mod tests {
         }
         assert!(!is_foreign(&[]));
         assert!(!is_foreign(b"hello, not stun"));
+        // Disco and relay frames leave too.
+        let mut d = disco::MAGIC.to_vec();
+        d.extend([0; 100]);
+        assert!(is_foreign(&d));
+        let keepalive = [relay::wire::KEEPALIVE];
+        assert!(is_foreign(&keepalive));
     }
 
     /// A loop that panics or ends on its own is reported as fatal (the

@@ -18,8 +18,10 @@
 mod error;
 pub mod interface;
 pub mod netconf;
+pub mod relay_endpoint;
 pub mod uapi_server;
 pub mod udp;
 
 pub use error::DataplaneError;
 pub use interface::{ForeignHandler, Interface, InterfaceConfig, IoStats};
+pub use relay_endpoint::{is_relay_endpoint, relay_endpoint};
