@@ -155,6 +155,7 @@ pub(crate) mod tests {
             },
             peers,
             default_action: Action::Allow,
+            relays: Vec::new(),
         }
     }
 

@@ -15,9 +15,12 @@
 //! | admin | `GET /nodes`, `GET,PATCH,DELETE /nodes/{id}` | [`UpdateNode`] → [`NodeInfo`] |
 //! | admin | `GET,POST /setup-keys`, `DELETE /setup-keys/{id}` | [`CreateSetupKey`] → [`SetupKeyCreated`] / [`SetupKeyInfo`] |
 //! | admin | `GET /audit?after=ID&limit=N` | → [`AuditEntry`]s |
+//! | admin | `GET,POST /relays`, `DELETE /relays/{id}` | [`CreateRelay`] → [`RelayCreated`] / [`RelayInfo`] |
+//! | relay | `GET /relay/members` | → [`RelayMembers`] |
 //!
 //! "node" routes take `Authorization: Bearer <node credential>` (from
-//! enrolment), "admin" routes an admin API token. Errors are
+//! enrolment), "admin" routes an admin API token, "relay" routes a relay
+//! token (from `POST /relays`). Errors are
 //! [`ApiErrorBody`] with 4xx/5xx.
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,11 +31,12 @@ use serde::{Deserialize, Serialize};
 use crate::key::PublicKey;
 use crate::netmap::NetworkMap;
 
-/// Prefixes that tell the three kinds of bearer secret apart at a glance
-/// (and in secret scanners).
+/// Prefixes that tell the kinds of bearer secret apart at a glance (and
+/// in secret scanners).
 pub const ADMIN_TOKEN_PREFIX: &str = "wga_";
 pub const NODE_CREDENTIAL_PREFIX: &str = "wgn_";
 pub const SETUP_KEY_PREFIX: &str = "wgs_";
+pub const RELAY_TOKEN_PREFIX: &str = "wgr_";
 
 /// How a network's nodes connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -179,13 +183,54 @@ pub struct SetupKeyCreated {
     pub key: String,
 }
 
+/// A relay to register with the server (server-wide: every network's
+/// nodes may use it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRelay {
+    /// A DNS label, unique among the relays.
+    pub name: String,
+    /// The relay's static X25519 key (`wgmesh relay pubkey`).
+    pub public_key: PublicKey,
+    /// Where nodes send relay frames over UDP (the same port answers STUN).
+    pub udp: SocketAddr,
+    /// The WebSocket URL for networks that block UDP, e.g.
+    /// `wss://relay.example/relay`.
+    #[serde(default)]
+    pub ws_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayInfo {
+    pub id: i64,
+    pub name: String,
+    pub public_key: PublicKey,
+    pub udp: SocketAddr,
+    pub ws_url: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCreated {
+    pub info: RelayInfo,
+    /// Shown once: the relay's bearer secret for `GET /relay/members`.
+    pub token: String,
+}
+
+/// The nodes a relay serves: every enrolled node's public key (the relay's
+/// `--server` poll, docs/relay.md "The members contract").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RelayMembers {
+    pub public_keys: Vec<PublicKey>,
+}
+
 /// One audited change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub id: i64,
     /// Unix milliseconds.
     pub at: i64,
-    /// `admin:<token id>`, `node:<id>` or `setup-key:<id>`.
+    /// `admin:<token id>`, `node:<id>`, `setup-key:<id>` or `console`.
     pub actor: String,
     /// e.g. `node.enroll`, `policy.set`, `setup_key.revoke`.
     pub action: String,

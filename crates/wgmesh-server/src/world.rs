@@ -434,6 +434,7 @@ impl World {
             policy,
             primary_hub,
             hub_and_spoke: net.topology == Topology::HubAndSpoke,
+            relays: false,
         }
     }
 

@@ -13,10 +13,18 @@
 //! - in a hub-and-spoke network, two nodes that are not hubs always go
 //!   through the primary hub, and so does a node marked `via_hub` (when
 //!   there is a hub) with every node that is not a hub;
-//! - two nodes both behind NAT go through the primary hub when there is
-//!   one ([`Route::ViaHub`]); with no hub they are given each other's
+//! - two nodes both behind NAT, when the network has a relay, are given
+//!   each other's endpoints and keepalives ([`Route::Direct`]): the agent's
+//!   disco then finds a direct path through the NATs that allow one
+//!   (RFC 4787 endpoint-independent mapping) and falls back to the relay
+//!   for the others, which beats a detour through a hub on both counts;
+//! - with no relay they go through the primary hub when there is one
+//!   ([`Route::ViaHub`]); with neither they are given each other's
 //!   reflexive endpoints and keepalives, which works through the NATs that
-//!   allow it (finding paths through the others is the agent's disco).
+//!   allow it.
+//!
+//! `via_hub` nodes and hub-and-spoke networks go through the hub whether
+//! or not there is a relay: the operator asked for it.
 //!
 //! Policy decides visibility: a pair with no packet allowed either way is
 //! left out of both maps, except hubs, which stay for routing (the
@@ -73,6 +81,10 @@ pub struct NetworkView<'a> {
     /// Nodes that are not hubs never peer with each other: everything
     /// between them goes through the primary hub.
     pub hub_and_spoke: bool,
+    /// The server knows at least one relay: two nodes both behind NAT peer
+    /// "directly" (disco finds a path or falls back to a relay) instead of
+    /// going through the hub.
+    pub relays: bool,
 }
 
 fn host(ip: IpAddr) -> IpNet {
@@ -93,6 +105,10 @@ pub fn peer_entry(
         return None;
     }
     let keepalive = (!me.reachable && other.reachable).then_some(NAT_KEEPALIVE);
+    // The operator's choice: these pairs go through the hub even where a
+    // direct path could work.
+    let hub_forced =
+        net.hub_and_spoke || (net.primary_hub.is_some() && (me.via_hub || other.via_hub));
     let (route, allowed_ips) = if me.hub {
         (Route::Direct { keepalive }, vec![host(other.address)])
     } else if other.hub {
@@ -102,10 +118,12 @@ pub fn peer_entry(
             vec![host(other.address)]
         };
         (Route::Direct { keepalive }, allowed)
-    } else if (me.reachable || other.reachable)
-        && !net.hub_and_spoke
-        && !(net.primary_hub.is_some() && (me.via_hub || other.via_hub))
-    {
+    } else if !hub_forced && (me.reachable || other.reachable) {
+        (Route::Direct { keepalive }, vec![host(other.address)])
+    } else if !hub_forced && net.relays {
+        // Both behind NAT: both dial and keep their mappings open; the
+        // agents' disco punches through or falls back to a relay.
+        let keepalive = Some(NAT_KEEPALIVE);
         (Route::Direct { keepalive }, vec![host(other.address)])
     } else if let Some(hub) = net.primary_hub {
         (Route::ViaHub { hub }, Vec::new())
@@ -127,7 +145,8 @@ pub fn peer_entry(
     })
 }
 
-/// `me`'s whole map at `version`.
+/// `me`'s whole map at `version`, with no relays: the caller lists those
+/// (they are server-wide, not a property of the network's nodes).
 pub fn full_map<'a>(
     me: &NodeView<'_>,
     others: impl IntoIterator<Item = &'a NodeView<'a>>,
@@ -153,5 +172,6 @@ pub fn full_map<'a>(
         },
         peers,
         default_action: net.policy.default,
+        relays: Vec::new(),
     }
 }

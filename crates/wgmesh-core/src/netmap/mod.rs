@@ -43,6 +43,23 @@ pub struct NetworkMap {
     /// What the inbound filter does with a packet no rule of its sender
     /// matches: the network's default.
     pub default_action: Action,
+    /// The relays this node may use when no direct path works (server-wide,
+    /// sorted by name). Absent from maps of servers that predate relays.
+    #[serde(default)]
+    pub relays: Vec<MapRelay>,
+}
+
+/// A relay, as a node needs it to register and send through it
+/// (docs/relay.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapRelay {
+    pub name: String,
+    /// The relay's static X25519 key: the node's hello is sealed to it.
+    pub public_key: PublicKey,
+    /// Relay frames over UDP (the same port answers STUN).
+    pub udp: SocketAddr,
+    /// WebSocket over TLS, for networks that block UDP.
+    pub ws_url: Option<String>,
 }
 
 /// The receiving node itself.

@@ -56,6 +56,7 @@ fn net<'a>(policy: &'a Policy, hub: Option<PublicKey>) -> NetworkView<'a> {
         policy,
         primary_hub: hub,
         hub_and_spoke: false,
+        relays: false,
     }
 }
 
@@ -338,4 +339,106 @@ fn a_via_hub_node_reaches_non_hubs_through_the_hub() {
         peer_entry(&lax.view(), &lab.view(), &n).unwrap().route,
         Route::Direct { .. }
     ));
+}
+
+#[test]
+fn with_a_relay_natted_pairs_peer_directly_except_through_forced_hubs() {
+    let p = Policy::default();
+    let nyc = N::new(1, "nyc", true, true);
+    let lax = N::new(2, "lax", true, false);
+    let lab = N::new(3, "lab", false, false);
+    let home = N::new(4, "home", false, false);
+    let mut n = net(&p, Some(nyc.key));
+    n.relays = true;
+
+    // Both behind NAT: each other's endpoints, both send keepalives, and
+    // the host route (not through the hub).
+    for (me, other) in [(&lab, &home), (&home, &lab)] {
+        let e = peer_entry(&me.view(), &other.view(), &n).unwrap();
+        assert_eq!(
+            e.route,
+            Route::Direct {
+                keepalive: Some(NAT_KEEPALIVE)
+            }
+        );
+        assert_eq!(e.allowed_ips, vec![IpNet::from(other.addr)]);
+        assert_eq!(e.endpoints, other.eps);
+    }
+    // Pairs with a reachable side and with the hub are as without relays.
+    let without = net(&p, Some(nyc.key));
+    for (me, other) in [(&lab, &lax), (&lax, &lab), (&lab, &nyc), (&nyc, &lab)] {
+        assert_eq!(
+            peer_entry(&me.view(), &other.view(), &n),
+            peer_entry(&me.view(), &other.view(), &without)
+        );
+    }
+    // Without a relay the same pair goes through the hub.
+    assert_eq!(
+        peer_entry(&lab.view(), &home.view(), &without)
+            .unwrap()
+            .route,
+        Route::ViaHub { hub: nyc.key }
+    );
+    // A full map lists no relays of its own: the server adds them.
+    let nodes = [nyc.view(), lax.view(), lab.view(), home.view()];
+    assert!(full_map(&lab.view(), nodes.iter(), &n, 1).relays.is_empty());
+
+    // A via_hub node still goes through the hub, relay or not.
+    let mut lab_via = N::new(3, "lab", false, false);
+    lab_via.via_hub = true;
+    for (me, other) in [(&lab_via, &home), (&home, &lab_via)] {
+        assert_eq!(
+            peer_entry(&me.view(), &other.view(), &n).unwrap().route,
+            Route::ViaHub { hub: nyc.key }
+        );
+    }
+    // So do spokes of a hub-and-spoke network; with no hub they have no
+    // path at all, relay or not.
+    let mut hs = n;
+    hs.hub_and_spoke = true;
+    assert_eq!(
+        peer_entry(&lab.view(), &home.view(), &hs).unwrap().route,
+        Route::ViaHub { hub: nyc.key }
+    );
+    hs.primary_hub = None;
+    assert!(peer_entry(&lab.view(), &home.view(), &hs).is_none());
+
+    // With a relay and no hub: direct with keepalives, as before.
+    let mut no_hub = net(&p, None);
+    no_hub.relays = true;
+    assert_eq!(
+        peer_entry(&lab.view(), &home.view(), &no_hub)
+            .unwrap()
+            .route,
+        Route::Direct {
+            keepalive: Some(NAT_KEEPALIVE)
+        }
+    );
+}
+
+#[test]
+fn maps_carry_relays_and_old_maps_without_them_still_parse() {
+    let p = Policy::default();
+    let a = N::new(1, "a", true, false);
+    let mut m = full_map(&a.view(), [a.view()].iter(), &net(&p, None), 1);
+    m.relays.push(MapRelay {
+        name: "r1".into(),
+        public_key: key(9),
+        udp: "192.0.2.50:3478".parse().unwrap(),
+        ws_url: Some("wss://relay.example/relay".into()),
+    });
+    let json = serde_json::to_value(&m).unwrap();
+    assert_eq!(json["relays"][0]["udp"], "192.0.2.50:3478");
+    assert_eq!(
+        serde_json::from_value::<NetworkMap>(json.clone()).unwrap(),
+        m
+    );
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("relays");
+    assert!(
+        serde_json::from_value::<NetworkMap>(old)
+            .unwrap()
+            .relays
+            .is_empty()
+    );
 }

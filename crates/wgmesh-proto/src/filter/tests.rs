@@ -635,6 +635,7 @@ fn built_from_a_network_map() {
             3,
         )],
         default_action: Action::Allow,
+        relays: Vec::new(),
     };
     let now = Instant::now();
     let mut f = PacketFilter::from_map(&map);
