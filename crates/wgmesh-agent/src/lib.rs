@@ -9,6 +9,8 @@
 //!   which map a stream message leads to;
 //! - [`run`]: the daemon's loop: enrol, bring the interface up, follow
 //!   the map stream, report endpoints, reconnect, tear down on a signal;
+//! - [`paths`]: disco and the relay over the engine's socket: which path
+//!   each peer's traffic takes;
 //! - [`status`]: the status socket and `wgmesh status`.
 //!
 //! It owns no WireGuard protocol logic (wgmesh-proto's), no packet IO
@@ -21,6 +23,7 @@ pub mod client;
 pub mod endpoints;
 mod error;
 mod forwarding;
+pub mod paths;
 pub mod run;
 pub mod sse;
 pub mod state;

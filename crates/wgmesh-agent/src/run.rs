@@ -46,9 +46,11 @@ use crate::backoff::Backoff;
 use crate::client::{Client, ClientError, StreamItem};
 use crate::endpoints;
 use crate::forwarding::Forwarding;
+use crate::paths;
 use crate::state::StateDir;
 use crate::status::{self, NodeStatus, PeerStatus, Status};
 use crate::update::{Next, after_refetch, next_map};
+use wgmesh_proto::disco::path::Path;
 
 /// The interface name when `--interface` is not given.
 pub const DEFAULT_INTERFACE: &str = "wgmesh0";
@@ -164,6 +166,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct Agent {
+    /// To the disco/relay task ([`crate::paths`]).
+    paths: mpsc::Sender<paths::Input>,
+    path_view: Shared<paths::PathView>,
     cfg: UpConfig,
     name: String,
     state: StateDir,
@@ -226,7 +231,10 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
             None
         }
     };
+    let (paths_tx, paths_rx) = mpsc::channel(1024);
     let mut agent = Agent {
+        paths: paths_tx.clone(),
+        path_view: Arc::default(),
         name,
         state,
         client,
@@ -273,14 +281,28 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
     icfg.on_fatal = Some(Arc::new(move |why: &str| {
         let _ = fatal_tx.send(why.to_owned());
     }));
+    let foreign_paths = paths_tx.clone();
     icfg.on_foreign = Some(Arc::new(move |from: SocketAddr, bytes: &[u8]| {
         if stun::is_stun(bytes) {
             // Full: the reporter is not waiting; an answer nobody asked
             // for now is dropped.
             let _ = stun_tx.try_send((from, bytes.to_vec()));
+        } else {
+            // Disco or relay. Full: dropped, as a congested link would.
+            let _ = foreign_paths.try_send(paths::Input::Foreign(from, bytes.to_vec()));
         }
     }));
+    let divert_paths = paths_tx;
+    icfg.on_divert = Some(Arc::new(move |to: SocketAddr, bytes: &[u8]| {
+        let _ = divert_paths.try_send(paths::Input::Diverted(to, bytes.to_vec()));
+    }));
     let iface = Arc::new(Interface::start(icfg)?);
+    let paths_task = tokio::spawn(paths::run(
+        Arc::clone(&iface),
+        agent.key.clone(),
+        paths_rx,
+        Arc::clone(&agent.path_view),
+    ));
     let mut forwarding = Forwarding::default();
     let result = async {
         iface.apply(&SetCommand {
@@ -321,6 +343,8 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
             .await),
     };
     // Teardown, whatever happened.
+    paths_task.abort();
+    let _ = paths_task.await;
     forwarding.restore();
     match Arc::try_unwrap(iface) {
         Ok(i) => i.shutdown(),
@@ -513,6 +537,13 @@ impl Agent {
         if let Err(e) = self.state.save_map(&new) {
             eprintln!("wgmesh: the map is not cached: {e}");
         }
+        if self
+            .paths
+            .try_send(paths::Input::Map(Box::new(new.clone())))
+            .is_err()
+        {
+            eprintln!("wgmesh: the path task is behind; it gets the next map");
+        }
         lock(&self.view).map = Some(new);
     }
 
@@ -531,7 +562,9 @@ impl Agent {
             let iface = Arc::clone(iface);
             let server = self.cfg.server.clone();
             let name = self.cfg.interface.clone();
-            let f: status::StatusFn = Arc::new(move || build_status(&view, &iface, &server, &name));
+            let path_view = Arc::clone(&self.path_view);
+            let f: status::StatusFn =
+                Arc::new(move || build_status(&view, &path_view, &iface, &server, &name));
             let path = self.state.status_socket();
             tokio::spawn(async move {
                 if let Err(e) = status::serve(path, f).await {
@@ -546,6 +579,7 @@ impl Agent {
             Arc::clone(iface),
             self.cfg.clone(),
             stun_rx,
+            self.paths.clone(),
         ));
         let stop = loop {
             let r = tokio::select! {
@@ -642,6 +676,7 @@ async fn report_endpoints(
     iface: Arc<Interface>,
     cfg: UpConfig,
     mut stun_rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    paths_tx: mpsc::Sender<paths::Input>,
 ) {
     let mut last: Option<(EndpointReport, Instant)> = None;
     loop {
@@ -661,6 +696,13 @@ async fn report_endpoints(
                 None => None,
             };
             let report = EndpointReport { local, reflexive };
+            // Disco's call-me-maybes carry them, reflexive first.
+            let own: Vec<SocketAddr> = report
+                .reflexive
+                .into_iter()
+                .chain(report.local.iter().copied())
+                .collect();
+            let _ = paths_tx.try_send(paths::Input::Endpoints(own));
             let cred = lock(&credential).clone();
             match client.report_endpoints(&cred, &report).await {
                 Ok(()) => {
@@ -700,8 +742,15 @@ async fn stun_server(cfg: &UpConfig) -> Option<SocketAddr> {
     }
 }
 
-fn build_status(view: &Mutex<View>, iface: &Interface, server: &str, tun: &str) -> Status {
+fn build_status(
+    view: &Mutex<View>,
+    path_view: &Mutex<paths::PathView>,
+    iface: &Interface,
+    server: &str,
+    tun: &str,
+) -> Status {
     let snapshot = iface.with_device(|d| d.snapshot(Instant::now(), SystemTime::now()));
+    let pv = lock(path_view).clone();
     let v = lock(view);
     let map = v.map.as_ref();
     let peers = map
@@ -711,7 +760,13 @@ fn build_status(view: &Mutex<View>, iface: &Interface, server: &str, tun: &str) 
                 .map(|p| {
                     let snap = snapshot.peers.iter().find(|s| s.public_key == p.public_key);
                     let route = match p.route {
-                        Route::Direct { .. } => "direct".to_owned(),
+                        Route::Direct { .. } => match pv.paths.get(&p.public_key) {
+                            Some(Path::Relay) => relayed_why(&pv),
+                            Some(Path::Unreachable) => {
+                                "unreachable: no direct path, no relay".to_owned()
+                            }
+                            _ => "direct".to_owned(),
+                        },
                         Route::ViaHub { hub } => {
                             let name = m
                                 .peers
@@ -751,6 +806,15 @@ fn build_status(view: &Mutex<View>, iface: &Interface, server: &str, tun: &str) 
         map_version: map.map(|m| m.version),
         endpoints: v.endpoints.clone(),
         peers,
+    }
+}
+
+/// Why a peer is relayed, as far as this node can tell.
+fn relayed_why(pv: &paths::PathView) -> String {
+    match &pv.relay {
+        Some((name, true)) => format!("relayed via {name}: no direct path answered"),
+        Some((name, false)) => format!("relayed via {name} (not registered yet)"),
+        None => "relayed".to_owned(),
     }
 }
 
