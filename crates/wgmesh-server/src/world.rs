@@ -20,11 +20,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use tokio::sync::mpsc;
-use wgmesh_core::control::{EndpointReport, NetworkInfo, NodeInfo, SetupKeyInfo, Topology};
+use wgmesh_core::control::{
+    EndpointReport, NetworkInfo, NodeInfo, RelayInfo, SetupKeyInfo, Topology,
+};
 use wgmesh_core::key::PublicKey;
 use wgmesh_core::netmap::compile::{NetworkView, NodeView, full_map, peer_entry};
 use wgmesh_core::netmap::policy::{Action, NodeFacts, Policy, Selector};
-use wgmesh_core::netmap::{MapDelta, MapPeer, MapUpdate, NetworkMap};
+use wgmesh_core::netmap::{MapDelta, MapPeer, MapRelay, MapUpdate, NetworkMap};
 
 /// How many updates may wait for a slow agent before its stream is cut
 /// (it reconnects and gets a full map).
@@ -156,8 +158,21 @@ impl Node {
     /// Sends `update` to every open stream; a stream whose queue is full
     /// is cut (the agent reconnects and gets a full map). Returns how many
     /// got it.
-    fn push(&mut self, update: &MapUpdate) -> usize {
-        self.streams.retain(|s| s.try_send(update.clone()).is_ok());
+    fn push(&mut self, update: MapUpdate) -> usize {
+        // The last stream takes the update itself: at 10,000 nodes a copy
+        // per node is a few hundred megabytes in flight.
+        let mut update = Some(update);
+        let n = self.streams.len();
+        let mut i = 0;
+        self.streams.retain(|s| {
+            i += 1;
+            let u = if i == n {
+                update.take()
+            } else {
+                update.clone()
+            };
+            u.is_some_and(|u| s.try_send(u).is_ok())
+        });
         self.streams.len()
     }
 }
@@ -213,6 +228,40 @@ impl SetupKey {
     }
 }
 
+/// A relay nodes may use (server-wide: every network's).
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub id: i64,
+    pub name: String,
+    pub token_hash: String,
+    pub public_key: PublicKey,
+    pub udp: SocketAddr,
+    pub ws_url: Option<String>,
+    pub created_at: i64,
+}
+
+impl Relay {
+    pub fn info(&self) -> RelayInfo {
+        RelayInfo {
+            id: self.id,
+            name: self.name.clone(),
+            public_key: self.public_key,
+            udp: self.udp,
+            ws_url: self.ws_url.clone(),
+            created_at: self.created_at,
+        }
+    }
+
+    fn map_entry(&self) -> MapRelay {
+        MapRelay {
+            name: self.name.clone(),
+            public_key: self.public_key,
+            udp: self.udp,
+            ws_url: self.ws_url.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminToken {
     pub id: i64,
@@ -235,6 +284,9 @@ pub struct World {
     pub admin_tokens: HashMap<String, AdminToken>,
     /// (network, address) → released at (unix s)
     pub released: HashMap<(i64, IpAddr), i64>,
+    /// Relays by id (few: a scan finds one by token). Changed only
+    /// followed by [`World::push_full_maps`], since every map lists them.
+    pub relays: BTreeMap<i64, Relay>,
     index: NodeIndex,
 }
 
@@ -434,7 +486,7 @@ impl World {
             policy,
             primary_hub,
             hub_and_spoke: net.topology == Topology::HubAndSpoke,
-            relays: false,
+            relays: !self.relays.is_empty(),
         }
     }
 
@@ -533,7 +585,9 @@ impl World {
             .filter_map(|id| self.nodes.get(id))
             .map(Node::view)
             .collect();
-        Some(full_map(&node.view(), others.iter(), &view, node.version))
+        let mut map = full_map(&node.view(), others.iter(), &view, node.version);
+        map.relays = self.relay_entries();
+        Some(map)
     }
 
     /// Opens a stream for `node_id`: its first message is the full map.
@@ -609,13 +663,13 @@ impl World {
             None => self.reindex(),
         }
         let mut sent = 0;
-        for (id, update) in self.updates_after(&before) {
+        for (id, update) in self.updates_after(before) {
             let node = self
                 .nodes
                 .get_mut(&id)
                 .expect("invariant: collected from nodes above");
             node.version += 1;
-            sent += node.push(&update);
+            sent += node.push(update);
         }
         sent
     }
@@ -623,7 +677,9 @@ impl World {
     /// What [`World::push_changes`] sends, per node, computed without
     /// changing anything (so the network is borrowed, not copied with its
     /// policy for every change).
-    fn updates_after(&self, before: &Before) -> Vec<(i64, MapUpdate)> {
+    /// `before`'s entries are dropped as they are used, so that old and
+    /// new entries of the whole network are not held at once.
+    fn updates_after(&self, mut before: Before) -> Vec<(i64, MapUpdate)> {
         let Some(net) = self.networks.get(&before.network_id) else {
             return Vec::new();
         };
@@ -669,22 +725,21 @@ impl World {
                     let Some(me) = self.nodes.get(&id) else {
                         continue;
                     };
-                    let old = before.entries.get(&id).map_or(&[][..], Vec::as_slice);
+                    let old = before.entries.remove(&id).unwrap_or_default();
                     let new = now.remove(&id).unwrap_or_default();
-                    updates.extend(Self::delta(me, old, new).map(|u| (id, u)));
+                    updates.extend(Self::delta(me, &old, new).map(|u| (id, u)));
                 }
             }
             None => {
                 for me in self.nodes_of(net.id).filter(|n| !n.streams.is_empty()) {
-                    if !before.entries.contains_key(&me.id) {
+                    let Some(old) = before.entries.remove(&me.id) else {
                         full(self, me, &mut updates);
                         continue;
-                    }
+                    };
                     let mine = rules_naming(&net.policy, me);
                     let others = self.candidates(me, &mine);
                     let new = self.entries_for(me, &others, net, &mine, hub);
-                    let old = &before.entries[&me.id];
-                    updates.extend(Self::delta(me, old, new).map(|u| (me.id, u)));
+                    updates.extend(Self::delta(me, &old, new).map(|u| (me.id, u)));
                 }
             }
         }
@@ -718,6 +773,45 @@ impl World {
             upsert,
             remove,
         }))
+    }
+
+    /// Every relay as maps list it, by name.
+    fn relay_entries(&self) -> Vec<MapRelay> {
+        let mut list: Vec<MapRelay> = self.relays.values().map(Relay::map_entry).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// A scan: relays are a handful per server.
+    pub fn relay_by_token_hash(&self, hash: &str) -> Option<&Relay> {
+        self.relays.values().find(|r| r.token_hash == hash)
+    }
+
+    /// Sends every connected node of every network a full map (after a
+    /// relay came or went: every map lists the relays, and whether there
+    /// is one decides how NATed pairs peer). Returns the number of
+    /// messages queued.
+    pub fn push_full_maps(&mut self) -> usize {
+        let updates: Vec<(i64, MapUpdate)> = self
+            .nodes
+            .values()
+            .filter(|n| !n.streams.is_empty())
+            .filter_map(|me| {
+                let mut map = self.full_map(me)?;
+                map.version += 1;
+                Some((me.id, MapUpdate::Full(map)))
+            })
+            .collect();
+        let mut sent = 0;
+        for (id, update) in updates {
+            let node = self
+                .nodes
+                .get_mut(&id)
+                .expect("invariant: collected from nodes above");
+            node.version += 1;
+            sent += node.push(update);
+        }
+        sent
     }
 
     /// Cuts every stream of a node (it was removed).
@@ -954,6 +1048,22 @@ mod tests {
             let Some(n) = w.nodes.get(id) else { continue };
             assert_eq!(map.as_ref().unwrap(), &reference(w, n), "node {}", n.name);
         }
+    }
+
+    #[test]
+    fn every_stream_of_a_node_gets_the_update() {
+        let mut w = world(GROUPS);
+        let mut a = w.subscribe(4).unwrap();
+        let mut b = w.subscribe(4).unwrap();
+        let full = a.try_recv().unwrap();
+        assert_eq!(b.try_recv().unwrap(), full);
+        // n8 shares g0 with n4; moving it out changes n4's map.
+        let before = w.before(1, Some(8));
+        w.nodes.get_mut(&8).unwrap().groups = vec!["g3".into()];
+        assert_eq!(w.push_changes(before), 2);
+        let delta = a.try_recv().unwrap();
+        assert!(matches!(&delta, MapUpdate::Delta(d) if d.remove == [key(8)]));
+        assert_eq!(b.try_recv().unwrap(), delta);
     }
 
     #[test]
