@@ -1,7 +1,8 @@
 //! wgmesh-server: the coordination server (`wgmesh server`).
 //!
 //! It owns the record of a mesh: networks, nodes, setup keys, admin
-//! tokens, access policy, address allocation and the audit log, in SQLite
+//! tokens, relays (and their tokens), access policy, address allocation
+//! and the audit log, in SQLite
 //! or PostgreSQL ([`db`], [`migrations`]); the in-memory world built from
 //! that record and the network maps computed from it ([`world`]); every
 //! change, each audited in its own transaction ([`service`]); the REST API

@@ -82,6 +82,19 @@ const V2: &str = "
 ALTER TABLE nodes ADD COLUMN via_hub BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE setup_keys ADD COLUMN via_hub BIGINT NOT NULL DEFAULT 0";
 
+/// Relays (server-wide, serving every network), each with its bearer
+/// token stored as SHA-256 like the other secrets ([`crate::secrets`]).
+const V3: &str = "
+CREATE TABLE relays (
+    id {ID},
+    name TEXT NOT NULL UNIQUE,
+    token_hash TEXT NOT NULL UNIQUE,
+    public_key TEXT NOT NULL,
+    udp TEXT NOT NULL,
+    ws_url TEXT,
+    created_at BIGINT NOT NULL
+)";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -92,6 +105,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         sqlite: V2,
         postgres: V2,
+    },
+    Migration {
+        version: 3,
+        sqlite: V3,
+        postgres: V3,
     },
 ];
 

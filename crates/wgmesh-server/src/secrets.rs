@@ -1,7 +1,8 @@
-//! Bearer secrets: admin API tokens, node credentials and setup keys.
+//! Bearer secrets: admin API tokens, node credentials, setup keys and
+//! relay tokens.
 //!
 //! Each is 32 random bytes in URL-safe base64 behind a prefix that names
-//! its kind (`wga_`, `wgn_`, `wgs_`). Only a SHA-256 of it is stored:
+//! its kind (`wga_`, `wgn_`, `wgs_`, `wgr_`). Only a SHA-256 of it is stored:
 //! the secrets are uniformly random, so a plain hash is as strong as a
 //! slow one and lets the server look one up by hash in O(1).
 

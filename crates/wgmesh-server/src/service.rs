@@ -15,8 +15,9 @@ use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 use wgmesh_core::control::{
-    self, AuditEntry, CreateNetwork, CreateSetupKey, EndpointReport, EnrollRequest, EnrollResponse,
-    NetworkInfo, NodeInfo, SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
+    self, AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollRequest,
+    EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers, SetupKeyCreated,
+    SetupKeyInfo, Topology, UpdateNode,
 };
 use wgmesh_core::netmap::policy::Policy;
 use wgmesh_core::netmap::{MapUpdate, NetworkMap};
@@ -25,7 +26,7 @@ use crate::clock::{unix_millis, unix_secs};
 use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::secrets;
-use crate::world::{AdminToken, Network, Node, SetupKey, World};
+use crate::world::{AdminToken, Network, Node, Relay, SetupKey, World};
 
 /// Why a request was refused. The API turns each into a status code and
 /// a message that never carries internals ([`crate::api::error`]).
@@ -256,6 +257,29 @@ impl Service {
                     .insert((r.try_get("network_id")?, ip), r.try_get("released_at")?);
             }
         }
+        for r in sqlx::query(
+            "SELECT id, name, token_hash, public_key, udp, ws_url, created_at FROM relays",
+        )
+        .fetch_all(&db.pool)
+        .await?
+        {
+            let key: String = r.try_get("public_key")?;
+            let udp: String = r.try_get("udp")?;
+            let relay = Relay {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                token_hash: r.try_get("token_hash")?,
+                public_key: key
+                    .parse()
+                    .map_err(|_| ServiceError::BadRequest(format!("stored key {key:?}")))?,
+                udp: udp
+                    .parse()
+                    .map_err(|_| ServiceError::BadRequest(format!("stored address {udp:?}")))?,
+                ws_url: r.try_get("ws_url")?,
+                created_at: r.try_get("created_at")?,
+            };
+            world.relays.insert(relay.id, relay);
+        }
         world.reindex();
         let metrics = Metrics::default();
         Ok(Arc::new(Self {
@@ -328,6 +352,156 @@ impl Service {
             return None;
         }
         Some(node.id)
+    }
+
+    /// The relay a token belongs to.
+    pub async fn relay_by_token(&self, secret: &str) -> Option<i64> {
+        let world = self.world.lock().await;
+        world
+            .relay_by_token_hash(&secrets::hash(secret))
+            .map(|r| r.id)
+    }
+
+    /// Registers a relay and returns its token, which is not stored. Every
+    /// connected node gets a full map listing it.
+    pub async fn create_relay(
+        &self,
+        actor: &Actor,
+        req: CreateRelay,
+    ) -> Result<RelayCreated, ServiceError> {
+        if !valid_name(&req.name) {
+            return Err(ServiceError::BadRequest(format!(
+                "invalid relay name {:?}: letters, digits, '-' and '_', at most 63",
+                req.name
+            )));
+        }
+        if req.udp.port() == 0 || req.udp.ip().is_unspecified() || req.udp.ip().is_multicast() {
+            return Err(ServiceError::BadRequest(format!(
+                "relay UDP address {} is not one nodes can send to",
+                req.udp
+            )));
+        }
+        if let Some(url) = &req.ws_url {
+            let ok = (url.starts_with("wss://") || url.starts_with("ws://"))
+                && url.len() <= 2048
+                && !url.chars().any(char::is_whitespace);
+            if !ok {
+                return Err(ServiceError::BadRequest(format!(
+                    "relay WebSocket URL {url:?} must be ws:// or wss://"
+                )));
+            }
+        }
+        let mut world = self.world.lock().await;
+        if world.relays.values().any(|r| r.name == req.name) {
+            return Err(ServiceError::Conflict(format!(
+                "relay {:?} already exists",
+                req.name
+            )));
+        }
+        if world
+            .relays
+            .values()
+            .any(|r| r.public_key == req.public_key)
+        {
+            return Err(ServiceError::Conflict(format!(
+                "another relay has the key {}",
+                req.public_key
+            )));
+        }
+        let secret =
+            secrets::generate(control::RELAY_TOKEN_PREFIX).map_err(ServiceError::Random)?;
+        let mut relay = Relay {
+            id: 0,
+            name: req.name,
+            token_hash: secrets::hash(&secret),
+            public_key: req.public_key,
+            udp: req.udp,
+            ws_url: req.ws_url,
+            created_at: unix_secs(),
+        };
+        let mut tx = self.db.pool.begin().await?;
+        relay.id = sqlx::query(
+            "INSERT INTO relays (name, token_hash, public_key, udp, ws_url, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&relay.name)
+        .bind(&relay.token_hash)
+        .bind(relay.public_key.to_string())
+        .bind(relay.udp.to_string())
+        .bind(relay.ws_url.clone())
+        .bind(relay.created_at)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        let info = relay.info();
+        audit(
+            &mut tx,
+            actor,
+            "relay.create",
+            &format!("relay:{}", relay.id),
+            None,
+            Some(json(&info)),
+        )
+        .await?;
+        tx.commit().await?;
+        world.relays.insert(relay.id, relay);
+        let sent = world.push_full_maps();
+        self.metrics.map_pushes(sent);
+        Ok(RelayCreated {
+            info,
+            token: secret,
+        })
+    }
+
+    pub async fn relays(&self) -> Vec<RelayInfo> {
+        let world = self.world.lock().await;
+        world.relays.values().map(Relay::info).collect()
+    }
+
+    /// Removes a relay: its token stops working at once, and every
+    /// connected node gets a full map without it.
+    pub async fn delete_relay(&self, actor: &Actor, id: i64) -> Result<RelayInfo, ServiceError> {
+        let mut world = self.world.lock().await;
+        let info = world
+            .relays
+            .get(&id)
+            .ok_or_else(|| ServiceError::NotFound(format!("relay {id}")))?
+            .info();
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query("DELETE FROM relays WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "relay.delete",
+            &format!("relay:{id}"),
+            Some(json(&info)),
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        world.relays.remove(&id);
+        let sent = world.push_full_maps();
+        self.metrics.map_pushes(sent);
+        Ok(info)
+    }
+
+    /// What a relay serves: the public key of every enrolled node, of
+    /// every network, sorted and without repeats (one key may be enrolled
+    /// in two networks). An expired node is left out, as its credential is.
+    pub async fn relay_members(&self) -> RelayMembers {
+        let world = self.world.lock().await;
+        let now = unix_secs();
+        let mut public_keys: Vec<_> = world
+            .nodes
+            .values()
+            .filter(|n| n.expires_at.is_none_or(|e| now < e))
+            .map(|n| n.public_key)
+            .collect();
+        public_keys.sort();
+        public_keys.dedup();
+        RelayMembers { public_keys }
     }
 
     pub async fn create_network(

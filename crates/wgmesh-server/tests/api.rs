@@ -87,6 +87,27 @@ async fn fixture(db: &TestDb) -> Fixture {
     }
 }
 
+/// Registers a relay; (id, token).
+async fn create_relay(f: &Fixture, name: &str) -> (i64, String) {
+    let (s, v) = call(
+        &f.svc,
+        "POST",
+        "/api/v1/relays",
+        Some(&f.admin),
+        Some(json!({
+            "name": name,
+            "public_key": new_key(),
+            "udp": "192.0.2.50:3478",
+            "ws_url": "wss://relay.example/relay",
+        })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("wgr_"), "{token}");
+    (v["info"]["id"].as_i64().unwrap(), token)
+}
+
 /// Everything an unauthorised call must leave as it was.
 async fn state(f: &Fixture) -> Value {
     let (_, nodes) = call(&f.svc, "GET", "/api/v1/nodes", Some(&f.admin), None).await;
@@ -108,9 +129,10 @@ async fn state(f: &Fixture) -> Value {
     )
     .await;
     let (_, nets) = call(&f.svc, "GET", "/api/v1/networks", Some(&f.admin), None).await;
+    let (_, relays) = call(&f.svc, "GET", "/api/v1/relays", Some(&f.admin), None).await;
     // Online flags and last_seen move with streams, not with these calls.
     json!({ "nodes": nodes.as_array().unwrap().iter().map(|n| (n["id"].clone(), n["name"].clone(), n["address"].clone(), n["groups"].clone(), n["hub"].clone(), n["endpoints"].clone())).map(|t| json!([t.0, t.1, t.2, t.3, t.4, t.5])).collect::<Vec<_>>(),
-            "keys": keys, "policy": policy, "audit": audit, "nets": nets })
+            "keys": keys, "policy": policy, "audit": audit, "nets": nets, "relays": relays })
 }
 
 /// A plausible body for each route, so that only the credential decides.
@@ -122,6 +144,9 @@ fn body_for(method: &str, path: &str, key: &str) -> Option<Value> {
         ("PATCH", _) => Some(json!({ "hub": true, "groups": ["evil"] })),
         ("POST", "/api/v1/setup-keys") => Some(json!({ "network": "seed", "reusable": true })),
         ("POST", "/api/v1/admin-tokens") => Some(json!({ "name": "evil" })),
+        ("POST", "/api/v1/relays") => {
+            Some(json!({ "name": "evil", "public_key": key, "udp": "192.0.2.66:3478" }))
+        }
         ("POST", "/api/v1/enroll") => {
             Some(json!({ "setup_key": "wgs_nope", "public_key": key, "name": "evil" }))
         }
@@ -133,6 +158,7 @@ fn body_for(method: &str, path: &str, key: &str) -> Option<Value> {
 async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
     for db in backends().await {
         let f = fixture(&db).await;
+        let relay = create_relay(&f, "r0").await.1;
         let before = state(&f).await;
         let key = new_key();
         let mut checked = 0;
@@ -142,17 +168,21 @@ async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
                 .replace("{network}", "seed")
                 .replace("{id}", &f.b.0.to_string());
             let body = || body_for(route.method, route.path, &key);
-            let (wrong_kind, expect_wrong_kind) = match route.access {
+            // A valid secret of each other kind.
+            let [wrong1, wrong2] = match route.access {
                 Access::Public => continue,
-                Access::Admin => (f.a.1.as_str(), StatusCode::FORBIDDEN),
-                Access::Node => (f.admin.as_str(), StatusCode::FORBIDDEN),
+                Access::Admin => [f.a.1.as_str(), relay.as_str()],
+                Access::Node => [f.admin.as_str(), relay.as_str()],
+                Access::Relay => [f.admin.as_str(), f.a.1.as_str()],
             };
-            let cases: [(Option<&str>, StatusCode); 5] = [
+            let cases: [(Option<&str>, StatusCode); 7] = [
                 (None, StatusCode::UNAUTHORIZED),
                 (Some("wga_forged"), StatusCode::UNAUTHORIZED),
                 (Some("wgn_forged"), StatusCode::UNAUTHORIZED),
+                (Some("wgr_forged"), StatusCode::UNAUTHORIZED),
                 (Some(""), StatusCode::UNAUTHORIZED),
-                (Some(wrong_kind), expect_wrong_kind),
+                (Some(wrong1), StatusCode::FORBIDDEN),
+                (Some(wrong2), StatusCode::FORBIDDEN),
             ];
             for (token, want) in cases {
                 let (got, v) = call(&f.svc, route.method, &path, token, body()).await;
@@ -162,8 +192,9 @@ async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
             }
         }
         let protected = ROUTES.iter().filter(|r| r.access != Access::Public).count();
-        assert!(protected >= 17, "the table lost routes");
-        assert_eq!(checked, protected * 5);
+        assert!(protected >= 21, "the table lost routes");
+        assert!(ROUTES.iter().any(|r| r.access == Access::Relay));
+        assert_eq!(checked, protected * 7);
         // A refused enrolment (unknown setup key) is refused too.
         let (s, _) = enroll(&f.svc, "wgs_nope", "evil", &key).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
@@ -575,6 +606,31 @@ async fn bad_requests_get_clear_errors() {
             json!({ "hub": true }),
             "not found",
         ),
+        (
+            "POST",
+            "/api/v1/relays",
+            json!({ "name": "bad name", "public_key": new_key(), "udp": "192.0.2.1:3478" }),
+            "invalid relay name",
+        ),
+        (
+            "POST",
+            "/api/v1/relays",
+            json!({ "name": "r", "public_key": new_key(), "udp": "0.0.0.0:3478" }),
+            "not one nodes can send to",
+        ),
+        (
+            "POST",
+            "/api/v1/relays",
+            json!({ "name": "r", "public_key": new_key(), "udp": "192.0.2.1:3478", "ws_url": "https://x/relay" }),
+            "ws://",
+        ),
+        (
+            "POST",
+            "/api/v1/relays",
+            json!({ "name": "r", "public_key": "nope", "udp": "192.0.2.1:3478" }),
+            "public_key",
+        ),
+        ("DELETE", "/api/v1/relays/999", Value::Null, "not found"),
     ];
     for (method, path, body, needle) in cases {
         let (s, v) = call(&f.svc, method, path, Some(&f.admin), Some(body)).await;
@@ -587,4 +643,194 @@ async fn bad_requests_get_clear_errors() {
     // Same name, other key: refused.
     let (s, v) = enroll(&f.svc, &f.setup_key, "a", &new_key()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // A second relay with a taken name or key: refused.
+    let key = new_key();
+    let body = |name: &str| json!({ "name": name, "public_key": key, "udp": "192.0.2.1:3478" });
+    let (s, _) = call(
+        &f.svc,
+        "POST",
+        "/api/v1/relays",
+        Some(&f.admin),
+        Some(body("r")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for (name, needle) in [("r", "already exists"), ("r2", "another relay")] {
+        let (s, v) = call(
+            &f.svc,
+            "POST",
+            "/api/v1/relays",
+            Some(&f.admin),
+            Some(body(name)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(needle), "{v}");
+    }
+}
+
+/// The relay's members, sorted as strings.
+async fn members(svc: &Arc<Service>, token: &str) -> (StatusCode, Vec<String>) {
+    let (s, v) = call(svc, "GET", "/api/v1/relay/members", Some(token), None).await;
+    let mut keys: Vec<String> = v["public_keys"]
+        .as_array()
+        .map(|a| a.iter().map(|k| k.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    keys.sort();
+    (s, keys)
+}
+
+#[tokio::test]
+async fn relays_reach_every_map_serve_members_and_are_revoked_on_delete() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        // c is the primary hub: a and b (both behind NAT: no endpoints)
+        // reach each other through it while there is no relay.
+        let (_, c) = enroll(&f.svc, &f.setup_key, "c", &new_key()).await;
+        let c_id = c["node"]["id"].as_i64().unwrap();
+        let c_key = c["node"]["public_key"].as_str().unwrap().to_owned();
+        let (s, _) = call(
+            &f.svc,
+            "PATCH",
+            &format!("/api/v1/nodes/{c_id}"),
+            Some(&f.admin),
+            Some(json!({ "hub": true })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let mut rx = f.svc.subscribe(f.a.0).await.unwrap();
+        let MapUpdate::Full(map) = next(&mut rx).await else {
+            panic!("first message must be a full map")
+        };
+        assert!(map.relays.is_empty());
+        let route_to_b = |map: &wgmesh_core::netmap::NetworkMap| {
+            let b = map
+                .peers
+                .iter()
+                .find(|p| p.public_key.to_string() == f.b.2)
+                .unwrap();
+            serde_json::to_value(b.route).unwrap()
+        };
+        assert_eq!(
+            route_to_b(&map),
+            json!({ "kind": "via_hub", "hub": c_key }),
+            "without a relay a NATed pair goes through the hub"
+        );
+
+        // A relay: a connected node gets a full map listing it, and peers
+        // with b directly (disco finds the path or falls back to it).
+        let (relay_id, token) = create_relay(&f, "r1").await;
+        let MapUpdate::Full(map) = next(&mut rx).await else {
+            panic!("a relay change must arrive as a full map")
+        };
+        assert_eq!(map.relays.len(), 1);
+        let r = &map.relays[0];
+        assert_eq!(r.name, "r1");
+        assert_eq!(r.udp, "192.0.2.50:3478".parse().unwrap());
+        assert_eq!(r.ws_url.as_deref(), Some("wss://relay.example/relay"));
+        assert_eq!(
+            route_to_b(&map),
+            json!({ "kind": "direct", "keepalive": 25 })
+        );
+        assert_eq!(f.svc.node_map(f.a.0).await.unwrap(), map);
+        let (s, list) = call(&f.svc, "GET", "/api/v1/relays", Some(&f.admin), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert_eq!(list[0]["id"], relay_id);
+        assert!(list[0].get("token").is_none(), "{list}");
+
+        // The members: exactly the enrolled nodes' keys, as the relay
+        // expects them ({"public_keys": [base64, …]}).
+        let mut all = vec![f.a.2.clone(), f.b.2.clone(), c_key.clone()];
+        all.sort();
+        assert_eq!(members(&f.svc, &token).await, (StatusCode::OK, all));
+        let (_, raw) = call(&f.svc, "GET", "/api/v1/relay/members", Some(&token), None).await;
+        assert_eq!(raw.as_object().unwrap().len(), 1, "{raw}");
+        assert!(
+            raw["public_keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k.as_str().unwrap().len() == 44)
+        );
+
+        // The relay and its token survive a restart.
+        let again = service(&db, ServiceConfig::default()).await;
+        let (s, list2) = call(&again, "GET", "/api/v1/relays", Some(&f.admin), None).await;
+        assert_eq!((s, &list2), (StatusCode::OK, &list));
+        assert_eq!(members(&again, &token).await.0, StatusCode::OK);
+        assert_eq!(again.node_map(f.a.0).await.unwrap().relays, map.relays);
+        drop(again);
+
+        // Removing b drops it from the members.
+        let (s, _) = call(
+            &f.svc,
+            "DELETE",
+            &format!("/api/v1/nodes/{}", f.b.0),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let mut left = vec![f.a.2.clone(), c_key.clone()];
+        left.sort();
+        assert_eq!(members(&f.svc, &token).await, (StatusCode::OK, left));
+        let _ = next(&mut rx).await; // a's delta dropping b
+
+        // Deleting the relay revokes its token and every map drops it.
+        let (s, v) = call(
+            &f.svc,
+            "DELETE",
+            &format!("/api/v1/relays/{relay_id}"),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["name"], "r1");
+        let MapUpdate::Full(map) = next(&mut rx).await else {
+            panic!("a relay change must arrive as a full map")
+        };
+        assert!(map.relays.is_empty());
+        assert_eq!(members(&f.svc, &token).await.0, StatusCode::UNAUTHORIZED);
+        let (s, _) = call(
+            &f.svc,
+            "DELETE",
+            &format!("/api/v1/relays/{relay_id}"),
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (_, list) = call(&f.svc, "GET", "/api/v1/relays", Some(&f.admin), None).await;
+        assert_eq!(list, json!([]));
+
+        // Both changes are in the audit log, by the admin.
+        let (_, audit) = call(
+            &f.svc,
+            "GET",
+            "/api/v1/audit?limit=1000",
+            Some(&f.admin),
+            None,
+        )
+        .await;
+        let entries: Vec<&Value> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["target"] == format!("relay:{relay_id}"))
+            .collect();
+        assert_eq!(entries.len(), 2, "{audit}");
+        assert_eq!(entries[0]["action"], "relay.create");
+        assert_eq!(entries[0]["after"]["name"], "r1");
+        assert!(entries[0]["after"].get("token").is_none());
+        assert_eq!(entries[1]["action"], "relay.delete");
+        assert_eq!(entries[1]["before"]["name"], "r1");
+        assert!(entries[1]["after"].is_null());
+        assert!(
+            entries
+                .iter()
+                .all(|e| e["actor"].as_str().unwrap().starts_with("admin:"))
+        );
+    }
 }

@@ -1,7 +1,7 @@
-//! Who is calling: an admin (API token) or a node (its credential), from
-//! `Authorization: Bearer …`. An extractor per kind, so a handler cannot
-//! forget to check: no credential or an unknown one is 401, a valid one
-//! of the other kind is 403.
+//! Who is calling: an admin (API token), a node (its credential) or a
+//! relay (its token), from `Authorization: Bearer …`. An extractor per
+//! kind, so a handler cannot forget to check: no credential or an unknown
+//! one is 401, a valid one of another kind is 403.
 
 use std::sync::Arc;
 
@@ -16,6 +16,20 @@ fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// What a valid secret of the wrong kind gets: 403, so that the caller
+/// learns it holds a good credential for another route; anything else is
+/// 401.
+async fn refuse(svc: &Service, token: &str, admin: bool, node: bool, relay: bool) -> ApiError {
+    let other_kind = (admin && svc.admin_by_token(token).await.is_some())
+        || (node && svc.node_by_credential(token).await.is_some())
+        || (relay && svc.relay_by_token(token).await.is_some());
+    if other_kind {
+        ApiError::Forbidden
+    } else {
+        ApiError::Unauthorized
+    }
 }
 
 /// An admin API token.
@@ -40,10 +54,7 @@ impl FromRequestParts<Arc<Service>> for Admin {
         if let Some(t) = svc.admin_by_token(token).await {
             return Ok(Admin { token_id: t.id });
         }
-        if svc.node_by_credential(token).await.is_some() {
-            return Err(ApiError::Forbidden);
-        }
-        Err(ApiError::Unauthorized)
+        Err(refuse(svc, token, false, true, true).await)
     }
 }
 
@@ -61,9 +72,24 @@ impl FromRequestParts<Arc<Service>> for NodeAuth {
         if let Some(node_id) = svc.node_by_credential(token).await {
             return Ok(NodeAuth { node_id });
         }
-        if svc.admin_by_token(token).await.is_some() {
-            return Err(ApiError::Forbidden);
+        Err(refuse(svc, token, true, false, true).await)
+    }
+}
+
+/// A relay's token (from `POST /relays`).
+#[derive(Debug, Clone, Copy)]
+pub struct RelayAuth {
+    pub relay_id: i64,
+}
+
+impl FromRequestParts<Arc<Service>> for RelayAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, svc: &Arc<Service>) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if let Some(relay_id) = svc.relay_by_token(token).await {
+            return Ok(RelayAuth { relay_id });
         }
-        Err(ApiError::Unauthorized)
+        Err(refuse(svc, token, true, true, false).await)
     }
 }

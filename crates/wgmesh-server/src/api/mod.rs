@@ -23,13 +23,14 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
 use wgmesh_core::control::{
-    AuditEntry, CreateNetwork, CreateSetupKey, EndpointReport, EnrollRequest, EnrollResponse,
-    NetworkInfo, NodeInfo, SetupKeyCreated, SetupKeyInfo, UpdateNode,
+    AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollRequest,
+    EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers, SetupKeyCreated,
+    SetupKeyInfo, UpdateNode,
 };
 use wgmesh_core::netmap::NetworkMap;
 use wgmesh_core::netmap::policy::Policy;
 
-use self::auth::{Admin, NodeAuth};
+use self::auth::{Admin, NodeAuth, RelayAuth};
 use self::error::ApiError;
 use crate::service::Service;
 
@@ -40,6 +41,8 @@ pub enum Access {
     Public,
     Node,
     Admin,
+    /// A relay's token (`wgr_…`).
+    Relay,
 }
 
 /// A route: method, path (axum syntax), access, one-line summary.
@@ -72,7 +75,7 @@ const fn r(
     }
 }
 
-use Access::{Admin as A, Node as N, Public as P};
+use Access::{Admin as A, Node as N, Public as P, Relay as R};
 
 pub const ROUTES: &[RouteDoc] = &[
     r(
@@ -227,6 +230,38 @@ pub const ROUTES: &[RouteDoc] = &[
         Some("CreateAdminToken"),
         Some("AdminTokenCreated"),
     ),
+    r(
+        "GET",
+        "/api/v1/relays",
+        A,
+        "List relays (never their tokens).",
+        None,
+        Some("RelayInfo[]"),
+    ),
+    r(
+        "POST",
+        "/api/v1/relays",
+        A,
+        "Register a relay (server-wide); its token is shown once. Every connected node gets a full map listing it.",
+        Some("CreateRelay"),
+        Some("RelayCreated"),
+    ),
+    r(
+        "DELETE",
+        "/api/v1/relays/{id}",
+        A,
+        "Remove a relay: its token stops working, every map drops it.",
+        None,
+        Some("RelayInfo"),
+    ),
+    r(
+        "GET",
+        "/api/v1/relay/members",
+        R,
+        "The public keys of every enrolled node, for the calling relay.",
+        None,
+        Some("RelayMembers"),
+    ),
     r("GET", "/metrics", P, "Prometheus metrics.", None, None),
     r("GET", "/healthz", P, "Liveness.", None, None),
 ];
@@ -257,6 +292,9 @@ pub fn app(svc: Arc<Service>) -> Router {
         .route("/api/v1/setup-keys/{id}", delete(revoke_setup_key))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/admin-tokens", post(create_admin_token))
+        .route("/api/v1/relays", get(list_relays).post(create_relay))
+        .route("/api/v1/relays/{id}", delete(delete_relay))
+        .route("/api/v1/relay/members", get(relay_members))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
@@ -477,6 +515,33 @@ async fn create_admin_token(
         StatusCode::CREATED,
         Json(serde_json::json!({ "name": req.name, "token": token })),
     ))
+}
+
+async fn list_relays(State(svc): State<Arc<Service>>, _: Admin) -> ApiResult<Vec<RelayInfo>> {
+    Ok(Json(svc.relays().await))
+}
+
+async fn create_relay(
+    State(svc): State<Arc<Service>>,
+    admin: Admin,
+    body: Result<Json<CreateRelay>, JsonRejection>,
+) -> Result<(StatusCode, Json<RelayCreated>), ApiError> {
+    let Json(req) = body?;
+    let created = svc.create_relay(&admin.actor(), req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn delete_relay(
+    State(svc): State<Arc<Service>>,
+    admin: Admin,
+    path: Result<Path<i64>, PathRejection>,
+) -> ApiResult<RelayInfo> {
+    let Path(id) = path?;
+    Ok(Json(svc.delete_relay(&admin.actor(), id).await?))
+}
+
+async fn relay_members(State(svc): State<Arc<Service>>, _: RelayAuth) -> ApiResult<RelayMembers> {
+    Ok(Json(svc.relay_members().await))
 }
 
 async fn metrics(State(svc): State<Arc<Service>>) -> impl IntoResponse {

@@ -43,13 +43,20 @@ pub fn document() -> Value {
             Access::Node => {
                 op["security"] = json!([{ "nodeCredential": [] }]);
                 op["responses"]["401"] = json!({ "description": "No or unknown credential" });
-                op["responses"]["403"] = json!({ "description": "An admin token on a node route" });
+                op["responses"]["403"] =
+                    json!({ "description": "An admin token or relay token on a node route" });
             }
             Access::Admin => {
                 op["security"] = json!([{ "adminToken": [] }]);
                 op["responses"]["401"] = json!({ "description": "No or unknown token" });
                 op["responses"]["403"] =
-                    json!({ "description": "A node credential on an admin route" });
+                    json!({ "description": "A node credential or relay token on an admin route" });
+            }
+            Access::Relay => {
+                op["security"] = json!([{ "relayToken": [] }]);
+                op["responses"]["401"] = json!({ "description": "No or unknown token" });
+                op["responses"]["403"] =
+                    json!({ "description": "An admin token or node credential on a relay route" });
             }
         }
         let entry = paths
@@ -64,7 +71,8 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "adminToken": { "type": "http", "scheme": "bearer", "description": "wga_… admin API token" },
-                "nodeCredential": { "type": "http", "scheme": "bearer", "description": "wgn_… node credential from enrolment" }
+                "nodeCredential": { "type": "http", "scheme": "bearer", "description": "wgn_… node credential from enrolment" },
+                "relayToken": { "type": "http", "scheme": "bearer", "description": "wgr_… relay token from POST /api/v1/relays" }
             },
             "schemas": schemas
         }
