@@ -20,10 +20,14 @@
 //! their timers (rekey, keepalive, expiry) follow real time whatever `now`
 //! says; see the crate docs.
 //!
-//! Allocation: every datagram and packet is copied once into gotatun's
-//! `Packet` and once more into the `Vec<u8>` of its [`Output`]. That is the
-//! first version's price for a simple API; the batched, allocation-free data
-//! path is a later step.
+//! Allocation: every datagram and packet is copied into a buffer of the
+//! device's [`PacketBufPool`], reused once gotatun is done with it, with
+//! room for the padding to 16 bytes (paper §5.4.6) so that padding never
+//! reallocates. gotatun's encryption writes into a fresh buffer of its own
+//! (`Session::format_packet_data`), which becomes the `Vec<u8>` of
+//! [`Output::Network`] without a copy ([`into_vec`]); a decrypted packet is
+//! copied once into [`Output::Tunnel`]. So one allocation per packet is
+//! left each way, inside gotatun on the way out, here on the way in.
 //!
 //! Filtering: with a [`PacketFilter`] set ([`Device::set_filter`]), every
 //! packet sent records its flow and every decrypted packet that passed the
@@ -47,7 +51,7 @@ use gotatun::noise::handshake::parse_handshake_anon;
 use gotatun::noise::index_table::IndexTable;
 use gotatun::noise::rate_limiter::RateLimiter;
 use gotatun::noise::{Tunn, TunnResult};
-use gotatun::packet::{Packet, WgKind};
+use gotatun::packet::{Packet, PacketBufPool, WgKind};
 use gotatun::tun::MtuWatcher;
 use gotatun::x25519;
 use ipnet::IpNet;
@@ -70,6 +74,17 @@ pub const DEFAULT_PEER_LIMIT: usize = 1 << 20;
 /// wg-quick's default interface MTU; data packets are padded up to a
 /// multiple of 16 bytes without exceeding it (paper §5.4.6).
 pub const DEFAULT_MTU: u16 = 1420;
+
+/// Bytes in each buffer of the device's packet pool (gotatun's default):
+/// a packet of an MTU up to ~4,000 with its WireGuard overhead. Longer
+/// ones still work; they grow their buffer, which allocates, as before.
+const POOL_BUFFER: usize = 4096;
+
+/// Buffers the pool keeps for reuse. Each is back in the pool as soon as
+/// gotatun has encrypted or decrypted its packet, so few are out at once
+/// (more only while packets wait in a peer's queue for a handshake); more
+/// than this are freed when returned. Allocated up front: 16 × 4 KiB.
+const POOL_BUFFERS: usize = 16;
 
 /// How often stale receiver indices (of sessions gotatun has dropped) are
 /// swept from the index → peer map.
@@ -389,6 +404,8 @@ pub struct Device {
     counters: Counters,
     /// The inbound filter, when the node enforces a policy.
     filter: Option<PacketFilter>,
+    /// Buffers for the `Packet`s handed to gotatun (see the module docs).
+    pool: PacketBufPool<POOL_BUFFER>,
 }
 
 impl fmt::Debug for Device {
@@ -441,6 +458,7 @@ impl Device {
             timer_params: TimerParams::default(),
             counters: Counters::default(),
             filter: None,
+            pool: PacketBufPool::new(POOL_BUFFERS),
         }
     }
 
@@ -791,7 +809,7 @@ impl Device {
         }
         peer.ensure_tunn(identity, &self.index_table, &self.timer_params);
         let tunn = peer.tunn.as_mut().expect("invariant: ensured above");
-        let packet = Packet::copy_from(&packet[..ip.len]);
+        let packet = pooled(&self.pool, &packet[..ip.len]);
         if let Some(message) = tunn.handle_outgoing_packet(packet, Some(&mut self.mtu)) {
             emit(&mut self.by_index, &mut self.counters, id, to, message, out);
         }
@@ -838,14 +856,14 @@ impl Device {
         // or the answer is a cookie reply (paper §5.3).
         let message = match identity
             .rate_limiter
-            .verify_packet(from, Packet::copy_from(datagram))
+            .verify_packet(from, pooled(&self.pool, datagram))
         {
             Ok(message) => message,
             Err(TunnResult::WriteToNetwork(reply)) => {
                 self.counters.cookie_replies_sent += 1;
                 out.push(Output::Network {
                     to: from,
-                    bytes: Packet::from(reply).as_ref().to_vec(),
+                    bytes: into_vec(Packet::from(reply)),
                 });
                 return Ok(());
             }
@@ -1085,8 +1103,27 @@ fn emit(
     }
     out.push(Output::Network {
         to,
-        bytes: Packet::from(message).as_ref().to_vec(),
+        bytes: into_vec(Packet::from(message)),
     });
+}
+
+/// `bytes` in a buffer from `pool`, with room to spare for padding to a
+/// multiple of 16 (gotatun pads outgoing packets in place).
+fn pooled(pool: &PacketBufPool<POOL_BUFFER>, bytes: &[u8]) -> Packet {
+    let mut packet = pool.get();
+    let buf = packet.buf_mut();
+    buf.clear();
+    buf.reserve(bytes.len() + 15);
+    buf.extend_from_slice(bytes);
+    packet
+}
+
+/// A message's bytes as a `Vec`. A buffer gotatun allocated for it alone
+/// (every encrypted data packet) becomes the `Vec` as it is, without a
+/// copy (bytes' `From<BytesMut> for Vec<u8>`); a pooled one, still shared
+/// with its pool, is copied.
+fn into_vec(mut packet: Packet) -> Vec<u8> {
+    Vec::from(std::mem::take(packet.buf_mut()))
 }
 
 fn unauthenticated(e: &WireGuardError) -> DeviceError {

@@ -1304,3 +1304,35 @@ fn named_counters_are_unique_and_follow_the_drops() {
     assert_eq!(get("dropped"), 4);
     assert_eq!(get("rx_data_packets"), 0);
 }
+
+/// The hot path's buffers: a pooled buffer comes back for the next packet
+/// (no allocation), with room for the padding; a buffer gotatun allocated
+/// alone becomes the output `Vec` without a copy; a pooled one is copied,
+/// and its buffer still returns to the pool.
+#[test]
+fn pooled_buffers_are_reused_and_outputs_taken_without_a_copy() {
+    let pool = PacketBufPool::<POOL_BUFFER>::new(1);
+    let first = pooled(&pool, &[7u8; 1419]);
+    assert_eq!(first.as_ref(), &[7u8; 1419][..]);
+    let at = first.as_ref().as_ptr();
+    drop(first);
+    let mut again = pooled(&pool, b"short");
+    assert_eq!(again.as_ref(), b"short");
+    assert_eq!(again.as_ref().as_ptr(), at, "the pool's buffer is reused");
+    // Padding to 16 (gotatun's pad_to_x16) fits without reallocating.
+    again.buf_mut().resize(16, 0);
+    assert_eq!(again.as_ref().as_ptr(), at);
+    let copied = into_vec(again);
+    assert_eq!(copied, b"short\0\0\0\0\0\0\0\0\0\0\0");
+    assert_eq!(
+        pooled(&pool, b"x").as_ref().as_ptr(),
+        at,
+        "back in the pool"
+    );
+
+    let own = Packet::copy_from(&[1u8, 2, 3][..]);
+    let at = own.as_ref().as_ptr();
+    let v = into_vec(own);
+    assert_eq!(v, [1, 2, 3]);
+    assert_eq!(v.as_ptr(), at, "taken as it is");
+}
