@@ -14,9 +14,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wgmesh_agent::client::Client;
 use wgmesh_core::control::{
-    AuditEntry, CreateNetwork, CreateSetupKey, NetworkInfo, NodeInfo, SetupKeyCreated,
-    SetupKeyInfo, Topology, UpdateNode,
+    AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, NetworkInfo, NodeInfo, RelayCreated,
+    RelayInfo, SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
 };
+use wgmesh_core::key::PublicKey;
 use wgmesh_core::netmap::policy::Policy;
 
 #[derive(Debug, Args)]
@@ -51,6 +52,8 @@ enum AdminCommand {
     Audit(AuditCmd),
     #[command(subcommand)]
     Tokens(TokensCmd),
+    #[command(subcommand)]
+    Relays(RelaysCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +165,31 @@ enum TokensCmd {
     Create { name: String },
 }
 
+#[derive(Debug, Subcommand)]
+enum RelaysCmd {
+    List,
+    /// Register a relay (every network's nodes may use it); its token is
+    /// printed once, as the last line: give it to `wgmesh relay
+    /// --token-file`.
+    Create {
+        name: String,
+        /// The relay's public key (`wgmesh relay pubkey --state-dir DIR`).
+        #[arg(long, value_name = "KEY")]
+        public_key: PublicKey,
+        /// Where nodes reach the relay over UDP.
+        #[arg(long, value_name = "ADDR:PORT")]
+        udp: std::net::SocketAddr,
+        /// WebSocket URL for networks that block UDP, e.g.
+        /// wss://relay.example/relay.
+        #[arg(long, value_name = "URL")]
+        ws_url: Option<String>,
+    },
+    /// Remove a relay: its token stops working, every map drops it.
+    Delete {
+        id: i64,
+    },
+}
+
 struct Ctx {
     client: Client,
     token: String,
@@ -248,6 +276,21 @@ fn key_rows(keys: &[SetupKeyInfo]) -> Table {
                 opt(k.expires_at),
                 k.groups.join(","),
                 k.revoked.to_string(),
+            ]
+        }),
+    )
+}
+
+fn relay_rows(relays: &[RelayInfo]) -> Table {
+    table(
+        &["ID", "NAME", "PUBLIC KEY", "UDP", "WEBSOCKET"],
+        relays.iter().map(|r| {
+            vec![
+                r.id.to_string(),
+                r.name.clone(),
+                r.public_key.to_string(),
+                r.udp.to_string(),
+                opt(r.ws_url.as_deref()),
             ]
         }),
     )
@@ -426,6 +469,35 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
                     }),
                 )
             });
+        }
+        AdminCommand::Relays(RelaysCmd::List) => {
+            let v: Vec<RelayInfo> = ctx.get("api/v1/relays").await?;
+            ctx.print(&v, || relay_rows(&v));
+        }
+        AdminCommand::Relays(RelaysCmd::Create {
+            name,
+            public_key,
+            udp,
+            ws_url,
+        }) => {
+            let body = CreateRelay {
+                name,
+                public_key,
+                udp,
+                ws_url,
+            };
+            let v: RelayCreated = c.post("api/v1/relays", t, &body).await?;
+            if ctx.json {
+                ctx.print(&v, Table::new);
+            } else {
+                println!("{}", relay_rows(std::slice::from_ref(&v.info)));
+                println!("the relay token follows; it is shown only this once:");
+                println!("{}", v.token);
+            }
+        }
+        AdminCommand::Relays(RelaysCmd::Delete { id }) => {
+            let v: RelayInfo = c.delete(&format!("api/v1/relays/{id}"), t).await?;
+            ctx.print(&v, || relay_rows(std::slice::from_ref(&v)));
         }
         AdminCommand::Tokens(TokensCmd::Create { name }) => {
             let v: serde_json::Value = c
