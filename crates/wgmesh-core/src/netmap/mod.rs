@@ -111,7 +111,7 @@ pub struct MapPeer {
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum MapUpdate {
     /// The whole map: the first message of every stream, and whenever the
-    /// node itself or the network's settings change.
+    /// node itself, the network's settings or the server's relays change.
     Full(NetworkMap),
     /// Changes to the peers of the map at `from_version`.
     Delta(MapDelta),
