@@ -10,7 +10,8 @@
 #
 # Settings (environment): NODES (10000), GROUP_SIZE (25), CONCURRENCY (64),
 # BACKENDS ("sqlite postgres"), PGSOCK (/var/run/postgresql), TIMEOUT (s,
-# 900). The load generator is crates/wgmesh-agent/examples/control_load.rs
+# 900), WGMESH_BIN (a wgmesh binary to run as the server instead of this
+# tree's, e.g. an older commit's, to compare). The load generator is crates/wgmesh-agent/examples/control_load.rs
 # (see its header for the policy and the change); it samples the server's
 # /proc/PID/{status,stat} at the phase boundaries. One table at the end.
 set -euo pipefail
@@ -51,7 +52,7 @@ if (( $(ulimit -n) < NODES + 1000 )); then
 fi
 
 cargo build --release -q -p wgmesh -p wgmesh-agent --example control_load
-WGMESH=$PWD/target/release/wgmesh
+WGMESH=${WGMESH_BIN:-$PWD/target/release/wgmesh}
 LOAD=$PWD/target/release/examples/control_load
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -100,17 +101,18 @@ run_backend() {
 for b in $BACKENDS; do run_backend "$b"; done
 
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<" ${RESULTS[$1]}"; }
-printf '\n%-9s %6s %9s %8s %10s %7s %7s %7s %7s %7s %9s %9s %9s %8s %8s\n' \
+printf '\n%-9s %6s %9s %8s %10s %7s %7s %7s %7s %7s %9s %9s %9s %8s %7s %6s\n' \
     backend nodes enrol/s enrol_s connected put_ms p50_ms p99_ms max_ms all_ms \
-    RSS_MiB HWM_MiB cpu_enrol cpu_chg errors
+    RSS_MiB HWM_MiB cpu_enrol cpu_chg errors load1
 for b in $BACKENDS; do
-    printf '%-9s %6s %9s %8s %10s %7s %7s %7s %7s %7s %9s %9s %9s %8s %8s\n' "$b" \
+    printf '%-9s %6s %9s %8s %10s %7s %7s %7s %7s %7s %9s %9s %9s %8s %7s %6s\n' "$b" \
         "$(field "$b" nodes)" "$(field "$b" enrol_per_s)" "$(field "$b" enrol_s)" \
         "$(field "$b" connected_s)" "$(field "$b" put_ms)" "$(field "$b" p50_ms)" \
         "$(field "$b" p99_ms)" "$(field "$b" max_ms)" "$(field "$b" all_ms)" \
         "$(field "$b" rss_after_mib)" "$(field "$b" hwm_mib)" "$(field "$b" cpu_enrol_s)" \
-        "$(field "$b" cpu_change_s)" "$(field "$b" errors)"
+        "$(field "$b" cpu_change_s)" "$(field "$b" errors)" "$(field "$b" load1)"
 done
 echo "(groups of $GROUP_SIZE, default deny, one allow rule per group; change: a tcp/22 deny per group;" \
     "times from just before the PUT; RSS after the change, HWM = peak; CPU in server seconds;" \
+    "load1 = load average when the change was made;" \
     "$(nproc) cores, $(uname -r))"

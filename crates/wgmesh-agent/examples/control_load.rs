@@ -194,6 +194,9 @@ struct Shared {
     latencies: Mutex<Vec<Duration>>,
     /// Per client: peers in its map once it reflects the change.
     peer_counts: Mutex<BTreeMap<usize, usize>>,
+    /// Sum over clients of their peers' JSON size once the change is in:
+    /// every entry changed, so about what the change put on the wire.
+    peer_json_bytes: AtomicUsize,
     first_error: Mutex<Option<String>>,
 }
 
@@ -317,6 +320,8 @@ async fn agent(
                     .expect("invariant: never poisoned")
                     .entry(m.peers.len())
                     .or_default() += 1;
+                let json = serde_json::to_vec(&m.peers).map_or(0, |j| j.len());
+                shared.peer_json_bytes.fetch_add(json, Ordering::Relaxed);
                 shared.reached.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -457,6 +462,8 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // The change.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load1 = load.split_whitespace().next().unwrap_or("?").to_owned();
     let t0 = Instant::now();
     shared.change_at.set(t0).expect("invariant: set once, here");
     let _: Policy = client.put(&policy_route, admin, &changed).await?;
@@ -494,7 +501,8 @@ async fn main() -> anyhow::Result<()> {
         "RESULT nodes={n} groups={groups} group_size={} enrol_s={:.1} enrol_per_s={:.0} \
          connected_s={:.1} put_ms={} p50_ms={} p99_ms={} max_ms={} all_ms={} \
          rss_connected_mib={} rss_after_mib={} hwm_mib={} cpu_enrol_s={:.1} cpu_change_s={:.2} \
-         errors={} reconnects={} loadgen_rss_mib={} loadgen_cpu_s={:.1}",
+         errors={} reconnects={} loadgen_rss_mib={} loadgen_cpu_s={:.1} change_json_mib={:.1} \
+         load1={}",
         args.group_size,
         enrol_time.as_secs_f64(),
         n as f64 / enrol_time.as_secs_f64(),
@@ -513,6 +521,8 @@ async fn main() -> anyhow::Result<()> {
         shared.reconnects.load(Ordering::Relaxed),
         mib(own.rss_kib),
         own.cpu_s,
+        shared.peer_json_bytes.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0),
+        load1,
     );
     Ok(())
 }
