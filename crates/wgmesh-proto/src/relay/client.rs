@@ -23,7 +23,7 @@ use super::wire::{Frame, FrameError, RefuseReason};
 pub const HELLO_RETRY: Duration = Duration::from_secs(1);
 /// After a refusal, hellos are retried this much more slowly (the node
 /// may be enrolled meanwhile, or the clock fixed).
-pub const REFUSED_RETRY: Duration = Duration::from_secs(10);
+pub const REFUSED_RETRY: Duration = Duration::from_secs(3);
 /// A keepalive goes to the relay this often while registered (the relay
 /// drops registrations idle for 60 s; UDP NAT mappings last 30 s or more).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
