@@ -239,6 +239,7 @@ async fn agent(
                     .parse()
                     .expect("invariant: a well-formed socket address"),
             ),
+            nat: None,
         },
     };
     let permit = permits.acquire().await.expect("invariant: never closed");

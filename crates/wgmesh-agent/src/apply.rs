@@ -135,6 +135,7 @@ pub(crate) mod tests {
                 51820,
             )],
             route: Route::Direct { keepalive: None },
+            nat: None,
             inbound: Vec::new(),
         }
     }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
-use wgmesh_core::control::{EndpointReport, EnrollRequest};
+use wgmesh_core::control::{EndpointReport, EnrollRequest, NatType};
 use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::{NetworkMap, Route};
 use wgmesh_dataplane::netconf;
@@ -442,6 +442,7 @@ impl Agent {
             endpoints: EndpointReport {
                 local,
                 reflexive: None,
+                nat: None,
             },
         };
         let resp = self.client.enroll(&req).await?;
@@ -695,7 +696,25 @@ async fn report_endpoints(
                 }
                 None => None,
             };
-            let report = EndpointReport { local, reflexive };
+            // A second STUN server (the relay answers STUN on its port)
+            // tells whether the NAT's mapping depends on the destination.
+            let relay = lock(&view)
+                .map
+                .as_ref()
+                .and_then(|m| m.relays.first().map(|r| r.udp));
+            let nat = match relay {
+                Some(relay) => {
+                    while stun_rx.try_recv().is_ok() {}
+                    let second = endpoints::reflexive(&iface, relay, &mut stun_rx).await;
+                    NatType::classify(&local, reflexive, second)
+                }
+                None => None,
+            };
+            let report = EndpointReport {
+                local,
+                reflexive,
+                nat,
+            };
             // Disco's call-me-maybes carry them, reflexive first.
             let own: Vec<SocketAddr> = report
                 .reflexive
@@ -761,7 +780,9 @@ fn build_status(
                     let snap = snapshot.peers.iter().find(|s| s.public_key == p.public_key);
                     let route = match p.route {
                         Route::Direct { .. } => match pv.paths.get(&p.public_key) {
-                            Some(Path::Relay) => relayed_why(&pv),
+                            Some(Path::Relay) => {
+                                relayed_why(&pv, (&m.node.name, v.endpoints.nat), (&p.name, p.nat))
+                            }
                             Some(Path::Unreachable) => {
                                 "unreachable: no direct path, no relay".to_owned()
                             }
@@ -809,13 +830,28 @@ fn build_status(
     }
 }
 
-/// Why a peer is relayed, as far as this node can tell.
-fn relayed_why(pv: &paths::PathView) -> String {
-    match &pv.relay {
-        Some((name, true)) => format!("relayed via {name}: no direct path answered"),
-        Some((name, false)) => format!("relayed via {name} (not registered yet)"),
+/// Why a peer is relayed, as far as this node can tell from the two NATs'
+/// mapping behaviours (its own STUN probes, the peer's report).
+fn relayed_why(
+    pv: &paths::PathView,
+    me: (&str, Option<NatType>),
+    peer: (&str, Option<NatType>),
+) -> String {
+    let relay = match &pv.relay {
+        Some((name, true)) => format!("relayed via {name}"),
+        Some((name, false)) => return format!("relayed via {name} (not registered yet)"),
         None => "relayed".to_owned(),
-    }
+    };
+    use NatType::{EndpointDependent as Sym, NoUdp};
+    let why = match (me.1, peer.1) {
+        (Some(Sym), Some(Sym)) => "both sides behind symmetric NAT".to_owned(),
+        (Some(NoUdp), _) => format!("UDP blocked at {}", me.0),
+        (_, Some(NoUdp)) => format!("UDP blocked at {}", peer.0),
+        (Some(Sym), _) => format!("{} behind a symmetric NAT, no direct path answered", me.0),
+        (_, Some(Sym)) => format!("{} behind a symmetric NAT, no direct path answered", peer.0),
+        _ => "no direct path answered".to_owned(),
+    };
+    format!("{relay}: {why}")
 }
 
 /// `ip ARGS…`, echoed as wg-quick echoes its commands.

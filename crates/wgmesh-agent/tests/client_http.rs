@@ -108,6 +108,7 @@ async fn no_content_reads_as_unit() {
     let report = EndpointReport {
         local: vec!["192.0.2.1:51820".parse().unwrap()],
         reflexive: None,
+        nat: None,
     };
     client.report_endpoints("wgn_cred", &report).await.unwrap();
     let seen = seen.recv().await.unwrap();

@@ -98,6 +98,46 @@ pub struct EndpointReport {
     /// What a STUN server saw as the source of the engine's socket.
     #[serde(default)]
     pub reflexive: Option<SocketAddr>,
+    /// How the node's NAT maps, from asking two STUN servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatType>,
+}
+
+/// What a node learns of its NAT by asking two STUN servers (at different
+/// addresses or ports) from the engine's socket (RFC 4787 §4.1, the
+/// mapping half; filtering cannot be seen this way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatType {
+    /// No NAT: the reflexive address is one of the node's own.
+    Open,
+    /// Both servers saw the same address: the mapping does not depend on
+    /// the destination (full cone, address- or port-restricted).
+    EndpointIndependent,
+    /// Each server saw another port: the mapping depends on the
+    /// destination ("symmetric"); hole punching fails against a peer that
+    /// filters by port.
+    EndpointDependent,
+    /// Neither server answered: UDP seems blocked.
+    NoUdp,
+}
+
+impl NatType {
+    /// From the node's own addresses and what two STUN servers saw
+    /// (`None`: no answer); `None` when it cannot be told.
+    pub fn classify(
+        local: &[SocketAddr],
+        first: Option<SocketAddr>,
+        second: Option<SocketAddr>,
+    ) -> Option<NatType> {
+        match (first, second) {
+            (None, None) => Some(NatType::NoUdp),
+            (Some(a), _) | (None, Some(a)) if local.contains(&a) => Some(NatType::Open),
+            (Some(a), Some(b)) if a == b => Some(NatType::EndpointIndependent),
+            (Some(_), Some(_)) => Some(NatType::EndpointDependent),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,4 +287,34 @@ pub struct ApiErrorBody {
     pub error: String,
     /// For a person.
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_types_from_two_stun_answers() {
+        let own: SocketAddr = "192.0.2.5:51820".parse().unwrap();
+        let a: SocketAddr = "198.51.100.10:51820".parse().unwrap();
+        let b: SocketAddr = "198.51.100.10:40001".parse().unwrap();
+        let c = NatType::classify;
+        assert_eq!(c(&[own], Some(own), Some(own)), Some(NatType::Open));
+        assert_eq!(c(&[own], Some(own), None), Some(NatType::Open));
+        assert_eq!(
+            c(&[own], Some(a), Some(a)),
+            Some(NatType::EndpointIndependent)
+        );
+        assert_eq!(
+            c(&[own], Some(a), Some(b)),
+            Some(NatType::EndpointDependent)
+        );
+        assert_eq!(c(&[own], None, None), Some(NatType::NoUdp));
+        // One answer from behind a NAT says nothing about the mapping.
+        assert_eq!(c(&[own], Some(a), None), None);
+        assert_eq!(c(&[own], None, Some(a)), None);
+        // The report carries it only when known.
+        let r = EndpointReport::default();
+        assert!(!serde_json::to_string(&r).unwrap().contains("nat"));
+    }
 }

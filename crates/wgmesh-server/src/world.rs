@@ -131,6 +131,7 @@ impl Node {
             groups: &self.groups,
             endpoints: &self.endpoint_list,
             reachable: self.reachable(),
+            nat: self.endpoints.nat,
             hub: self.hub,
             via_hub: self.via_hub,
         }
@@ -879,6 +880,7 @@ mod tests {
             } else {
                 format!("203.0.113.{}:4000", id % 250).parse().unwrap()
             }),
+            nat: None,
         };
         Node::new(
             id,

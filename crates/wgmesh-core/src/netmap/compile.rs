@@ -55,6 +55,8 @@ pub struct NodeView<'a> {
     /// Underlay endpoints, best first (reflexive before local).
     pub endpoints: &'a [SocketAddr],
     pub reachable: bool,
+    /// How its NAT maps, as it reported.
+    pub nat: Option<crate::control::NatType>,
     pub hub: bool,
     /// Reaches the nodes that are not hubs only through the primary hub
     /// (the planner's `via_hub`), even where a direct tunnel could work.
@@ -141,6 +143,7 @@ pub fn peer_entry(
         allowed_ips,
         endpoints: other.endpoints.to_vec(),
         route,
+        nat: other.nat,
         inbound,
     })
 }

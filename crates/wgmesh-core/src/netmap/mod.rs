@@ -101,6 +101,9 @@ pub struct MapPeer {
     /// or the server observed.
     pub endpoints: Vec<SocketAddr>,
     pub route: Route,
+    /// How its NAT maps, as it reported (for `wgmesh status`'s reasons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<crate::control::NatType>,
     /// Inbound rules for packets whose source is this peer's address, in
     /// order; the first that matches decides, else `default_action`.
     pub inbound: Vec<FilterRule>,

@@ -43,6 +43,7 @@ impl N {
             groups: &self.groups,
             endpoints: &self.eps,
             reachable: self.reachable,
+            nat: None,
             hub: self.hub,
             via_hub: self.via_hub,
         }

@@ -616,6 +616,7 @@ fn built_from_a_network_map() {
         allowed_ips: Vec::new(),
         endpoints: Vec::new(),
         route: Route::Direct { keepalive: None },
+        nat: None,
         inbound,
     };
     let mut map = NetworkMap {
