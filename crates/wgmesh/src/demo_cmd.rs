@@ -57,6 +57,17 @@ struct Demo {
 }
 
 impl Demo {
+    /// Stops the agents with SIGTERM, so each takes its interface and
+    /// UAPI socket down, then the relay and the server; dropping the lab
+    /// then removes the namespaces (and would SIGKILL what is left).
+    fn teardown(mut self) {
+        for host in NODES {
+            self.lab.stop(&format!("agent-{host}"));
+        }
+        self.lab.stop("relay");
+        self.lab.stop("server");
+    }
+
     fn state_dir(&self, host: &str) -> String {
         self.lab
             .log_dir()
@@ -391,6 +402,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                     "mesh formed in {:.1} s: every pair pings, every path as expected",
                     start.elapsed().as_secs_f64()
                 );
+                demo.teardown();
                 return Ok(ExitCode::SUCCESS);
             }
             if Instant::now() > deadline || stop.load(Ordering::Relaxed) {
@@ -399,6 +411,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                 for i in &issues {
                     eprintln!("  {i}");
                 }
+                demo.teardown();
                 return Ok(ExitCode::FAILURE);
             }
         } else {
@@ -425,7 +438,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         while Instant::now() < next {
             if stop.load(Ordering::Relaxed) {
                 eprintln!("tearing down…");
-                drop(demo);
+                demo.teardown();
                 return Ok(ExitCode::SUCCESS);
             }
             std::thread::sleep(Duration::from_millis(50));
