@@ -6,7 +6,6 @@
 //! applied one at a time in commit order and the world never runs ahead
 //! of, or behind, the database.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -756,9 +755,8 @@ impl Service {
     /// still in their grace period.
     fn allocate(&self, world: &World, net: &Network) -> Option<IpAddr> {
         let now = unix_secs();
-        let used: HashSet<IpAddr> = world.nodes_of(net.id).map(|n| n.address).collect();
         let free = |ip: &IpAddr| {
-            !used.contains(ip)
+            !world.address_in_use(net.id, *ip)
                 && world
                     .released
                     .get(&(net.id, *ip))
@@ -795,10 +793,7 @@ impl Service {
             .ok_or(ServiceError::SetupKeyRefused("unknown setup key"))?
             .clone();
         let net = world.networks[&key.network_id].clone();
-        let existing = world
-            .nodes_of(net.id)
-            .find(|n| n.public_key == req.public_key)
-            .map(|n| n.id);
+        let existing = world.node_by_key(net.id, &req.public_key).map(|n| n.id);
         if existing.is_none() {
             if let Some(why) = key.refusal(now) {
                 return Err(ServiceError::SetupKeyRefused(why));
@@ -809,8 +804,8 @@ impl Service {
             ));
         }
         if world
-            .nodes_of(net.id)
-            .any(|n| n.name == req.name && Some(n.id) != existing)
+            .nodes_named(net.id, &req.name)
+            .any(|n| Some(n.id) != existing)
         {
             return Err(ServiceError::Conflict(format!(
                 "another node of {:?} is named {:?}",

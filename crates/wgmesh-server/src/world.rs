@@ -307,6 +307,11 @@ struct NodeIndex {
     by_name: HashMap<(i64, String), BTreeSet<i64>>,
     /// network → its hubs
     hubs: HashMap<i64, BTreeSet<i64>>,
+    /// (network, public key) → node: enrolment's "is this key known?"
+    by_key: HashMap<(i64, PublicKey), i64>,
+    /// (network, overlay address) → node: the address allocator's "is it
+    /// taken?"
+    by_address: HashMap<(i64, IpAddr), i64>,
 }
 
 /// What the index holds of one node, kept in [`Before`] so that the old
@@ -318,6 +323,8 @@ struct Indexed {
     groups: Vec<String>,
     hub: bool,
     credential_hash: String,
+    public_key: PublicKey,
+    address: IpAddr,
 }
 
 impl Indexed {
@@ -328,6 +335,8 @@ impl Indexed {
             groups: node.groups.clone(),
             hub: node.hub,
             credential_hash: node.credential_hash.clone(),
+            public_key: node.public_key,
+            address: node.address,
         }
     }
 }
@@ -335,6 +344,8 @@ impl Indexed {
 impl NodeIndex {
     fn add(&mut self, id: i64, n: &Indexed) {
         self.by_credential.insert(n.credential_hash.clone(), id);
+        self.by_key.insert((n.network_id, n.public_key), id);
+        self.by_address.insert((n.network_id, n.address), id);
         self.by_network.entry(n.network_id).or_default().insert(id);
         for g in &n.groups {
             self.by_group
@@ -354,6 +365,12 @@ impl NodeIndex {
     fn remove(&mut self, id: i64, n: &Indexed) {
         if self.by_credential.get(&n.credential_hash) == Some(&id) {
             self.by_credential.remove(&n.credential_hash);
+        }
+        if self.by_key.get(&(n.network_id, n.public_key)) == Some(&id) {
+            self.by_key.remove(&(n.network_id, n.public_key));
+        }
+        if self.by_address.get(&(n.network_id, n.address)) == Some(&id) {
+            self.by_address.remove(&(n.network_id, n.address));
         }
         fn drop_from<K: std::hash::Hash + Eq>(
             map: &mut HashMap<K, BTreeSet<i64>>,
@@ -407,6 +424,28 @@ impl World {
     pub fn node_by_credential(&self, hash: &str) -> Option<&Node> {
         let id = self.index.by_credential.get(hash)?;
         self.nodes.get(id).filter(|n| n.credential_hash == hash)
+    }
+
+    /// The node of a network with this public key.
+    pub fn node_by_key(&self, network_id: i64, key: &PublicKey) -> Option<&Node> {
+        let id = self.index.by_key.get(&(network_id, *key))?;
+        self.nodes.get(id)
+    }
+
+    /// The nodes of a network with this name (at most one, as enrolment
+    /// keeps it).
+    pub fn nodes_named(&self, network_id: i64, name: &str) -> impl Iterator<Item = &Node> {
+        self.index
+            .by_name
+            .get(&(network_id, name.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.nodes.get(id))
+    }
+
+    /// Whether a node of the network has this overlay address.
+    pub fn address_in_use(&self, network_id: i64, address: IpAddr) -> bool {
+        self.index.by_address.contains_key(&(network_id, address))
     }
 
     /// A scan: setup keys are few (one per group or role, not per node)
@@ -973,6 +1012,15 @@ mod tests {
         let mut w = world(GROUPS);
         assert_eq!(w.node_by_credential("cred5").unwrap().id, 5);
         assert!(w.node_by_credential("nope").is_none());
+        assert_eq!(w.node_by_key(1, &key(7)).unwrap().id, 7);
+        assert!(w.node_by_key(2, &key(7)).is_none());
+        assert_eq!(
+            w.nodes_named(1, "n7").map(|n| n.id).collect::<Vec<_>>(),
+            [7]
+        );
+        assert_eq!(w.nodes_named(1, "n99").count(), 0);
+        assert!(w.address_in_use(1, "100.64.0.7".parse().unwrap()));
+        assert!(!w.address_in_use(1, "100.64.0.99".parse().unwrap()));
         assert_eq!(w.nodes_of(1).count(), 24);
         assert_eq!(w.nodes_of(2).count(), 0);
         assert_eq!(w.primary_hub(1), None);
@@ -1001,6 +1049,14 @@ mod tests {
         w.nodes.remove(&4);
         w.push_changes(before);
         assert_eq!(w.primary_hub(1), Some(key(9)));
+        assert!(w.node_by_key(1, &key(4)).is_none());
+        assert!(!w.address_in_use(1, "100.64.0.4".parse().unwrap()));
+
+        let before = w.before(1, Some(7));
+        w.nodes.get_mut(&7).unwrap().name = "seven".into();
+        w.push_changes(before);
+        assert_eq!(w.nodes_named(1, "n7").count(), 0);
+        assert_eq!(w.nodes_named(1, "seven").next().unwrap().id, 7);
 
         let before = w.before(1, Some(30));
         w.nodes.insert(30, node(30, &["g2"], false, true));
