@@ -111,6 +111,17 @@ impl Task {
             self.endpoint_for(p.public_key);
             self.pm.upsert_peer(now, p.public_key, &p.endpoints);
         }
+        {
+            // A new peer starts on the relay (or unreachable) with no
+            // event: the view shows where every managed peer is now.
+            let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            v.paths.clear();
+            for p in &managed {
+                if let Some(path) = self.pm.path(&p.public_key) {
+                    v.paths.insert(p.public_key, path);
+                }
+            }
+        }
         let want = map.relays.first().cloned();
         let same = match (&self.relay, &want) {
             (Some(have), Some(want)) => have.info == *want,

@@ -786,7 +786,8 @@ fn build_status(
                             Some(Path::Unreachable) => {
                                 "unreachable: no direct path, no relay".to_owned()
                             }
-                            _ => "direct".to_owned(),
+                            Some(Path::Direct { .. }) => "direct".to_owned(),
+                            None => "direct (no path checked yet)".to_owned(),
                         },
                         Route::ViaHub { hub } => {
                             let name = m
