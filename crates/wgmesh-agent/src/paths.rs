@@ -48,6 +48,8 @@ pub struct PathView {
     /// Hole punches tried (discovery rounds' pings) and paths found.
     pub pings_sent: u64,
     pub direct_established: u64,
+    /// Per peer that went direct, the time from joining the map to it.
+    pub time_to_direct: Vec<Duration>,
 }
 
 struct RelayLink {
@@ -65,6 +67,8 @@ struct Task {
     peer_at: HashMap<SocketAddr, PublicKey>,
     next_index: u32,
     view: Arc<Mutex<PathView>>,
+    /// When each peer joined the map, until its first direct path.
+    joined: HashMap<PublicKey, Instant>,
 }
 
 fn unix_ms() -> u64 {
@@ -102,12 +106,16 @@ impl Task {
         for k in known {
             if !managed.iter().any(|p| p.public_key == k) {
                 self.pm.remove_peer(&k);
+                self.joined.remove(&k);
                 if let Some(e) = self.endpoint_of.remove(&k) {
                     self.peer_at.remove(&e);
                 }
             }
         }
         for p in &managed {
+            if !self.endpoint_of.contains_key(&p.public_key) {
+                self.joined.insert(p.public_key, now);
+            }
             self.endpoint_for(p.public_key);
             self.pm.upsert_peer(now, p.public_key, &p.endpoints);
         }
@@ -246,6 +254,11 @@ impl Task {
             self.point(peer, path);
             let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
             v.paths.insert(peer, path);
+            if matches!(path, Path::Direct { .. })
+                && let Some(t) = self.joined.remove(&peer)
+            {
+                v.time_to_direct.push(now.saturating_duration_since(t));
+            }
         }
         if let Some(link) = &mut self.relay {
             while let Some(frame) = link.session.poll_transmit() {
@@ -300,6 +313,7 @@ pub async fn run(
         peer_at: HashMap::new(),
         next_index: 0,
         view,
+        joined: HashMap::new(),
     };
     loop {
         let deadline = task

@@ -770,6 +770,7 @@ fn build_status(
 ) -> Status {
     let snapshot = iface.with_device(|d| d.snapshot(Instant::now(), SystemTime::now()));
     let pv = lock(path_view).clone();
+    let count = |f: fn(&Path) -> bool| pv.paths.values().filter(|p| f(p)).count() as u64;
     let v = lock(view);
     let map = v.map.as_ref();
     let peers = map
@@ -828,6 +829,20 @@ fn build_status(
         map_version: map.map(|m| m.version),
         endpoints: v.endpoints.clone(),
         peers,
+        paths: status::PathSummary {
+            direct: count(|p| matches!(p, Path::Direct { .. })),
+            relayed: count(|p| matches!(p, Path::Relay)),
+            unreachable: count(|p| matches!(p, Path::Unreachable)),
+            pings_sent: pv.pings_sent,
+            direct_established: pv.direct_established,
+            time_to_direct_ms: pv
+                .time_to_direct
+                .iter()
+                .map(|d| d.as_millis() as u64)
+                .collect(),
+            relay: pv.relay.as_ref().map(|r| r.0.clone()),
+            relay_registered: pv.relay.as_ref().is_some_and(|r| r.1),
+        },
     }
 }
 

@@ -38,6 +38,27 @@ pub struct Status {
     /// What the agent last reported to the server.
     pub endpoints: EndpointReport,
     pub peers: Vec<PeerStatus>,
+    /// Path finding (disco and the relay), for metrics.
+    #[serde(default)]
+    pub paths: PathSummary,
+}
+
+/// How the managed peers' traffic goes, and how finding paths went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathSummary {
+    pub direct: u64,
+    pub relayed: u64,
+    pub unreachable: u64,
+    /// Disco pings sent (hole-punch attempts and heartbeats).
+    pub pings_sent: u64,
+    /// Times a peer's traffic went direct (from the relay or from nothing).
+    pub direct_established: u64,
+    /// For each peer that went direct: milliseconds from when the map
+    /// gave it to when its direct path was confirmed.
+    pub time_to_direct_ms: Vec<u64>,
+    /// The relay in use, if any, and whether it registered this node.
+    pub relay: Option<String>,
+    pub relay_registered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

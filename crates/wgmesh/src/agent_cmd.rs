@@ -51,8 +51,12 @@ pub struct StatusArgs {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Print the JSON the agent reports instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "metrics")]
     json: bool,
+    /// Print Prometheus metrics (path counts, hole punching, time to
+    /// direct) instead of a table.
+    #[arg(long)]
+    metrics: bool,
 }
 
 pub fn up(args: UpArgs) -> Result<()> {
@@ -82,8 +86,47 @@ pub fn status(args: StatusArgs) -> Result<()> {
         );
         return Ok(());
     }
+    if args.metrics {
+        print!("{}", metrics(&st));
+        return Ok(());
+    }
     print!("{}", render(&st, now_secs()));
     Ok(())
+}
+
+/// The path metrics in Prometheus' text format.
+fn metrics(st: &Status) -> String {
+    let p = &st.paths;
+    let mut out = String::new();
+    out.push_str(
+        "# HELP wgmesh_peers Peers by the path their traffic takes.\n# TYPE wgmesh_peers gauge\n",
+    );
+    for (path, n) in [
+        ("direct", p.direct),
+        ("relayed", p.relayed),
+        ("unreachable", p.unreachable),
+    ] {
+        out.push_str(&format!("wgmesh_peers{{path=\"{path}\"}} {n}\n"));
+    }
+    out.push_str(&format!(
+        "# HELP wgmesh_disco_pings_total Disco pings sent (hole-punch attempts and heartbeats).\n# TYPE wgmesh_disco_pings_total counter\nwgmesh_disco_pings_total {}\n",
+        p.pings_sent
+    ));
+    out.push_str(&format!(
+        "# HELP wgmesh_direct_established_total Times a peer's traffic went direct.\n# TYPE wgmesh_direct_established_total counter\nwgmesh_direct_established_total {}\n",
+        p.direct_established
+    ));
+    let sum: u64 = p.time_to_direct_ms.iter().sum();
+    out.push_str(&format!(
+        "# HELP wgmesh_time_to_direct_seconds From a peer joining the map to its first direct path.\n# TYPE wgmesh_time_to_direct_seconds summary\nwgmesh_time_to_direct_seconds_sum {}\nwgmesh_time_to_direct_seconds_count {}\n",
+        sum as f64 / 1000.0,
+        p.time_to_direct_ms.len()
+    ));
+    out.push_str(&format!(
+        "# HELP wgmesh_relay_registered Whether the relay in use registered this node.\n# TYPE wgmesh_relay_registered gauge\nwgmesh_relay_registered {}\n",
+        u8::from(p.relay_registered)
+    ));
+    out
 }
 
 fn now_secs() -> u64 {
@@ -213,6 +256,7 @@ mod tests {
                 rx_bytes: 2048,
                 tx_bytes: 10,
             }],
+            paths: Default::default(),
         };
         let text = render(&st, 1030);
         assert!(

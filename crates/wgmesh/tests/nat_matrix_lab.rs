@@ -303,6 +303,24 @@ fn nat_kinds_pairwise_direct_where_possible_relayed_otherwise_and_failover() {
     // The reason the symmetric/port-restricted pair is relayed.
     let why = w.route("pr", "sym").unwrap();
     assert!(why.contains("sym behind a symmetric NAT"), "{why}");
+    // The path metrics: pr has two direct peers (fc, ar) and one relayed
+    // (sym), found by hole punching.
+    let metrics = w.sh(
+        "pr",
+        &[WGMESH, "status", "--metrics", "--state-dir", &w.state("pr")],
+    );
+    for line in [
+        "wgmesh_peers{path=\"direct\"} 2",
+        "wgmesh_peers{path=\"relayed\"} 1",
+        "wgmesh_relay_registered 1",
+        "wgmesh_time_to_direct_seconds_count 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} not in\n{metrics}"
+        );
+    }
+    eprintln!("pr's metrics:\n{metrics}");
     let addrs: Vec<IpAddr> = NODES.iter().map(|n| w.address(n.0)).collect();
     for (i, (a, _, _)) in NODES.iter().enumerate() {
         for (j, to) in addrs.iter().enumerate() {
