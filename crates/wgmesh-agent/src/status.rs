@@ -178,6 +178,7 @@ mod tests {
                 rx_bytes: 1,
                 tx_bytes: 2,
             }],
+            paths: PathSummary::default(),
         }
     }
 
