@@ -51,7 +51,9 @@ if (( $(ulimit -n) < NODES + 1000 )); then
     exit 1
 fi
 
-cargo build --release -q -p wgmesh -p wgmesh-agent --example control_load
+# Two commands: with `--example`, cargo builds only the named targets.
+cargo build --release -q -p wgmesh --bin wgmesh
+cargo build --release -q -p wgmesh-agent --example control_load
 WGMESH=${WGMESH_BIN:-$PWD/target/release/wgmesh}
 LOAD=$PWD/target/release/examples/control_load
 CLK_TCK=$(getconf CLK_TCK)
