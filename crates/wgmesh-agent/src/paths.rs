@@ -11,6 +11,13 @@
 //! WireGuard endpoint at the path chosen: the direct address, or the
 //! peer's relay endpoint (240.0.0.0/4, [`wgmesh_dataplane::relay_endpoint`]).
 //!
+//! Relays: with several in the map, the node says hello to all of them
+//! over UDP and uses the first that registers it (the lowest latency, as
+//! the one that answered first), keeping the others as standbys. A relay
+//! that has not answered over UDP within [`WS_AFTER`] and offers a
+//! WebSocket (`ws_url`) is reached over the WebSocket instead, for
+//! networks that block UDP.
+//!
 //! Peers the map routes through a hub are not managed here.
 
 use std::collections::HashMap;
@@ -23,9 +30,10 @@ use wgmesh_core::key::{PrivateKey, PublicKey};
 use wgmesh_core::netmap::{MapRelay, NetworkMap, Route};
 use wgmesh_dataplane::{Interface, relay_endpoint};
 use wgmesh_proto::disco::path::{Path, PathEvent, PathManager, Via};
-use wgmesh_proto::relay::{ClientEvent, ClientSession};
+use wgmesh_proto::relay::{ClientEvent, ClientSession, ClientState};
 use wgmesh_proto::uapi::{PeerChange, SetCommand};
 use wgmesh_proto::{disco, relay};
+use wgmesh_relay::client::RelayClient;
 
 /// What the task is told.
 #[derive(Debug)]
@@ -37,7 +45,17 @@ pub enum Input {
     Map(Box<NetworkMap>),
     /// This node's endpoints (reflexive first), for call-me-maybes.
     Endpoints(Vec<SocketAddr>),
+    /// What the WebSocket to relay `relay` (by key) brought.
+    Ws(PublicKey, ClientEvent),
+    /// The WebSocket to that relay closed or could not be opened.
+    WsDown(PublicKey, String),
 }
+
+/// Over UDP, a relay that has not registered us after this long is tried
+/// over its WebSocket, if it has one.
+pub const WS_AFTER: Duration = Duration::from_secs(4);
+/// A failed WebSocket is tried again after this.
+pub const WS_RETRY: Duration = Duration::from_secs(10);
 
 /// What `wgmesh status` shows of the paths.
 #[derive(Debug, Default, Clone)]
@@ -54,14 +72,44 @@ pub struct PathView {
 
 struct RelayLink {
     info: MapRelay,
+    /// The session over the engine's UDP socket.
     session: ClientSession,
+    since: Instant,
+    /// Frames for the WebSocket task, once there is one.
+    ws: Option<mpsc::Sender<(PublicKey, Vec<u8>)>>,
+    ws_registered: bool,
+    /// When to try the WebSocket (again).
+    ws_next: Option<Instant>,
+}
+
+impl RelayLink {
+    fn registered(&self) -> bool {
+        self.session.is_registered() || self.ws_registered
+    }
+
+    /// Queues `payload` for `to` on whichever transport registered us.
+    fn send(&mut self, to: PublicKey, payload: &[u8]) {
+        match &self.ws {
+            Some(ws) if self.ws_registered => {
+                let _ = ws.try_send((to, payload.to_vec()));
+            }
+            _ => {
+                let _ = self.session.send(to, payload);
+            }
+        }
+    }
 }
 
 struct Task {
     iface: Arc<Interface>,
     key: PrivateKey,
     pm: PathManager,
-    relay: Option<RelayLink>,
+    relays: Vec<RelayLink>,
+    /// The relay in use (an index into `relays`).
+    active: Option<usize>,
+    /// For the WebSocket tasks: the channel back to this task, and TLS.
+    inputs: mpsc::Sender<Input>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Relay endpoints given out, both ways.
     endpoint_of: HashMap<PublicKey, SocketAddr>,
     peer_at: HashMap<SocketAddr, PublicKey>,
@@ -130,29 +178,36 @@ impl Task {
                 }
             }
         }
-        let want = map.relays.first().cloned();
-        let same = match (&self.relay, &want) {
-            (Some(have), Some(want)) => have.info == *want,
-            (None, None) => true,
-            _ => false,
-        };
+        let same = self.relays.len() == map.relays.len()
+            && self
+                .relays
+                .iter()
+                .zip(&map.relays)
+                .all(|(l, r)| l.info == *r);
         if !same {
-            self.relay =
-                want.and_then(
+            self.relays = map
+                .relays
+                .iter()
+                .filter_map(
                     |info| match ClientSession::new(&self.key, info.public_key) {
-                        Ok(session) => {
-                            eprintln!("wgmesh: relay {} at {}", info.name, info.udp);
-                            Some(RelayLink { info, session })
-                        }
+                        Ok(session) => Some(RelayLink {
+                            info: info.clone(),
+                            session,
+                            since: now,
+                            ws: None,
+                            ws_registered: false,
+                            ws_next: None,
+                        }),
                         Err(e) => {
                             eprintln!("wgmesh: relay {} unusable: {e}", info.name);
                             None
                         }
                     },
-                );
+                )
+                .collect();
+            self.active = None;
             self.pm.set_relay(now, false);
-            let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
-            v.relay = self.relay.as_ref().map(|r| (r.info.name.clone(), false));
+            self.sync_relay_view();
         }
         // A new map may have set endpoints from its lists: point every
         // peer back at the path in use.
@@ -189,53 +244,34 @@ impl Task {
             let _ = self.pm.handle_disco(now, Via::Direct(from), bytes);
             return;
         }
-        let Some(link) = &mut self.relay else {
-            return;
-        };
-        if !relay::is_relay(bytes) || from != link.info.udp {
+        if !relay::is_relay(bytes) {
             return;
         }
+        let Some(link) = self.relays.iter_mut().find(|l| l.info.udp == from) else {
+            return;
+        };
         if let Err(e) = link.session.handle_frame(now, bytes) {
             eprintln!("wgmesh: relay frame dropped: {e}");
         }
     }
 
     fn on_diverted(&mut self, to: SocketAddr, bytes: &[u8]) {
-        let (Some(peer), Some(link)) = (self.peer_at.get(&to), &mut self.relay) else {
+        let (Some(peer), Some(i)) = (self.peer_at.get(&to).copied(), self.active) else {
             return;
         };
-        let _ = link.session.send(*peer, bytes);
+        self.relays[i].send(peer, bytes);
     }
 
     /// Carries out what the state machines want.
     fn flush(&mut self, now: Instant) {
         let mut relay_events = Vec::new();
-        if let Some(link) = &mut self.relay {
+        for (i, link) in self.relays.iter_mut().enumerate() {
             while let Some(e) = link.session.poll_event() {
-                relay_events.push(e);
+                relay_events.push((i, e));
             }
         }
-        for e in relay_events {
-            match e {
-                ClientEvent::Registered => {
-                    eprintln!("wgmesh: registered with the relay");
-                    self.pm.set_relay(now, true);
-                    self.set_relay_view(true);
-                }
-                ClientEvent::Lost | ClientEvent::Refused(_) => {
-                    self.pm.set_relay(now, false);
-                    self.set_relay_view(false);
-                }
-                ClientEvent::Received { from, payload } => {
-                    if disco::is_disco(&payload) {
-                        let _ = self.pm.handle_disco(now, Via::Relay, &payload);
-                    } else if self.endpoint_of.contains_key(&from) {
-                        let at = self.endpoint_for(from);
-                        self.iface.inject(at, &payload);
-                    }
-                }
-                ClientEvent::PeerGone(_) => {}
-            }
+        for (i, e) in relay_events {
+            self.on_relay_event(now, i, e);
         }
         while let Some(t) = self.pm.poll_transmit() {
             match t.via {
@@ -243,8 +279,8 @@ impl Task {
                     let _ = self.iface.send_foreign(addr, &t.bytes);
                 }
                 Via::Relay => {
-                    if let Some(link) = &mut self.relay {
-                        let _ = link.session.send(t.peer, &t.bytes);
+                    if let Some(i) = self.active {
+                        self.relays[i].send(t.peer, &t.bytes);
                     }
                 }
             }
@@ -260,9 +296,13 @@ impl Task {
                 v.time_to_direct.push(now.saturating_duration_since(t));
             }
         }
-        if let Some(link) = &mut self.relay {
+        for link in &mut self.relays {
             while let Some(frame) = link.session.poll_transmit() {
-                let _ = self.iface.send_foreign(link.info.udp, &frame);
+                // Over the WebSocket the UDP session idles: its hellos
+                // would only be refused by a firewall anyway.
+                if !link.ws_registered {
+                    let _ = self.iface.send_foreign(link.info.udp, &frame);
+                }
             }
         }
         let stats = self.pm.stats();
@@ -271,26 +311,161 @@ impl Task {
         v.direct_established = stats.direct_established;
     }
 
-    fn set_relay_view(&self, registered: bool) {
+    /// A relay told us something (over UDP or its WebSocket).
+    fn on_relay_event(&mut self, now: Instant, i: usize, e: ClientEvent) {
+        match e {
+            ClientEvent::Registered => {
+                if self.active.is_none() {
+                    let link = &self.relays[i];
+                    eprintln!(
+                        "wgmesh: relay {} chosen: it registered us first, {:?} after the hello",
+                        link.info.name,
+                        now.saturating_duration_since(link.since)
+                    );
+                    self.active = Some(i);
+                    self.pm.set_relay(now, true);
+                }
+                self.sync_relay_view();
+            }
+            ClientEvent::Lost | ClientEvent::Refused(_) => {
+                if self.active == Some(i) && !self.relays[i].registered() {
+                    // Another registered relay takes over at once.
+                    self.active = self.relays.iter().position(RelayLink::registered);
+                    self.pm.set_relay(now, self.active.is_some());
+                }
+                self.sync_relay_view();
+            }
+            ClientEvent::Received { from, payload } => {
+                if disco::is_disco(&payload) {
+                    let _ = self.pm.handle_disco(now, Via::Relay, &payload);
+                } else if self.endpoint_of.contains_key(&from) {
+                    let at = self.endpoint_for(from);
+                    self.iface.inject(at, &payload);
+                }
+            }
+            ClientEvent::PeerGone(_) => {}
+        }
+    }
+
+    fn sync_relay_view(&self) {
         let mut v = self.view.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = &mut v.relay {
-            r.1 = registered;
+        v.relay = match self.active {
+            Some(i) => Some((self.relays[i].info.name.clone(), true)),
+            None => self.relays.first().map(|r| (r.info.name.clone(), false)),
+        };
+    }
+
+    /// Starts the WebSocket of relay `i`: a task that says hello over it
+    /// and then carries frames both ways until it closes.
+    fn start_ws(&mut self, now: Instant, i: usize) {
+        let link = &mut self.relays[i];
+        let Some(url) = link.info.ws_url.clone() else {
+            return;
+        };
+        link.ws_next = Some(now + WS_RETRY);
+        let (tx, mut rx) = mpsc::channel::<(PublicKey, Vec<u8>)>(1024);
+        link.ws = Some(tx);
+        let relay = link.info.public_key;
+        let key = self.key.clone();
+        let inputs = self.inputs.clone();
+        let tls = self.tls.clone();
+        eprintln!(
+            "wgmesh: relay {} over UDP: no answer; trying {url}",
+            link.info.name
+        );
+        tokio::spawn(async move {
+            let mut client = match RelayClient::connect_ws(&url, relay, &key, tls).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = inputs.send(Input::WsDown(relay, e.to_string())).await;
+                    return;
+                }
+            };
+            let _ = inputs.send(Input::Ws(relay, ClientEvent::Registered)).await;
+            loop {
+                tokio::select! {
+                    ev = client.recv() => match ev {
+                        Some(ev) => {
+                            if inputs.send(Input::Ws(relay, ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => break,
+                    },
+                    out = rx.recv() => match out {
+                        Some((to, payload)) => {
+                            let _ = client.send(to, &payload).await;
+                        }
+                        None => return,
+                    },
+                }
+            }
+            let _ = inputs.send(Input::WsDown(relay, "closed".into())).await;
+        });
+    }
+
+    fn on_ws(&mut self, now: Instant, relay: PublicKey, e: Result<ClientEvent, String>) {
+        let Some(i) = self.relays.iter().position(|l| l.info.public_key == relay) else {
+            return;
+        };
+        match e {
+            Ok(ClientEvent::Registered) => {
+                self.relays[i].ws_registered = true;
+                self.on_relay_event(now, i, ClientEvent::Registered);
+            }
+            Ok(ev) => self.on_relay_event(now, i, ev),
+            Err(why) => {
+                eprintln!(
+                    "wgmesh: relay {} WebSocket: {why}",
+                    self.relays[i].info.name
+                );
+                let link = &mut self.relays[i];
+                link.ws = None;
+                link.ws_registered = false;
+                self.on_relay_event(now, i, ClientEvent::Lost);
+            }
         }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let a = self.pm.poll_timeout();
-        let b = self.relay.as_ref().and_then(|r| r.session.poll_timeout());
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let relays = self.relays.iter().flat_map(|r| {
+            let ws = (r.ws.is_none() && r.info.ws_url.is_some() && !r.session.is_registered())
+                .then(|| r.ws_next.unwrap_or(r.since + WS_AFTER));
+            // Before its first hello a session wants to run at once.
+            let session = if r.session.wants_hello_now() {
+                Some(r.since)
+            } else {
+                r.session.poll_timeout()
+            };
+            [session, ws]
+        });
+        self.pm
+            .poll_timeout()
+            .into_iter()
+            .chain(relays.flatten())
+            .min()
     }
 
     fn on_timeout(&mut self, now: Instant) {
         self.pm.handle_timeout(now);
-        if let Some(link) = &mut self.relay {
-            link.session.handle_timeout(now, unix_ms(), random());
+        let mut ws_due = Vec::new();
+        for (i, link) in self.relays.iter_mut().enumerate() {
+            if link.session.wants_hello_now()
+                || link.session.poll_timeout().is_some_and(|t| t <= now)
+            {
+                link.session.handle_timeout(now, unix_ms(), random());
+            }
+            let due = link.ws_next.unwrap_or(link.since + WS_AFTER);
+            if link.ws.is_none()
+                && link.info.ws_url.is_some()
+                && link.session.state() != ClientState::Registered
+                && now >= due
+            {
+                ws_due.push(i);
+            }
+        }
+        for i in ws_due {
+            self.start_ws(now, i);
         }
     }
 }
@@ -299,8 +474,10 @@ impl Task {
 pub async fn run(
     iface: Arc<Interface>,
     key: PrivateKey,
+    inputs: mpsc::Sender<Input>,
     mut rx: mpsc::Receiver<Input>,
     view: Arc<Mutex<PathView>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) {
     let now = Instant::now();
     let pm = PathManager::new(key.clone(), random(), now, unix_ms());
@@ -308,7 +485,10 @@ pub async fn run(
         iface,
         key,
         pm,
-        relay: None,
+        relays: Vec::new(),
+        active: None,
+        inputs,
+        tls,
         endpoint_of: HashMap::new(),
         peer_at: HashMap::new(),
         next_index: 0,
@@ -332,6 +512,8 @@ pub async fn run(
             Some(Input::Diverted(to, bytes)) => task.on_diverted(to, &bytes),
             Some(Input::Map(map)) => task.on_map(now, &map),
             Some(Input::Endpoints(e)) => task.pm.set_local_endpoints(e),
+            Some(Input::Ws(relay, ev)) => task.on_ws(now, relay, Ok(ev)),
+            Some(Input::WsDown(relay, why)) => task.on_ws(now, relay, Err(why)),
             None => {}
         }
         if task.next_deadline().is_some_and(|t| t <= now) {

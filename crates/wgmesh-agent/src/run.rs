@@ -292,16 +292,27 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
             let _ = foreign_paths.try_send(paths::Input::Foreign(from, bytes.to_vec()));
         }
     }));
+    let ws_inputs = paths_tx.clone();
     let divert_paths = paths_tx;
     icfg.on_divert = Some(Arc::new(move |to: SocketAddr, bytes: &[u8]| {
         let _ = divert_paths.try_send(paths::Input::Diverted(to, bytes.to_vec()));
     }));
     let iface = Arc::new(Interface::start(icfg)?);
+    // TLS for relays' WebSockets: the system's roots and --ca-file.
+    let relay_tls = match wgmesh_relay::tls::client_config(agent.cfg.ca_file.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("wgmesh: no TLS for relay WebSockets: {e:#}");
+            None
+        }
+    };
     let paths_task = tokio::spawn(paths::run(
         Arc::clone(&iface),
         agent.key.clone(),
+        ws_inputs,
         paths_rx,
         Arc::clone(&agent.path_view),
+        relay_tls,
     ));
     let mut forwarding = Forwarding::default();
     let result = async {
