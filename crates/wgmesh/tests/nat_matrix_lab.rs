@@ -7,8 +7,8 @@
 //! pair moves to the relay within 3 s and keeps pinging, and goes direct
 //! again once the path is back.
 //!
-//! Not covered here: UDP-blocked networks (the agent does not speak to the
-//! relay over WebSocket yet).
+//! And a node behind a firewall that blocks UDP reaches its peer through
+//! the relay's WebSocket (TCP 443), its status saying why.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic names the line that failed
 
@@ -384,6 +384,200 @@ fn nat_kinds_pairwise_direct_where_possible_relayed_otherwise_and_failover() {
 
     let mut w = w;
     for (name, _, _) in NODES {
+        w.lab.stop(&format!("agent-{name}"));
+    }
+}
+
+/// A node behind a firewall that lets only TCP to port 443 out: it reaches
+/// the server (on 443) and the relay's WebSocket (on 443), and every byte
+/// to its peer goes through the relay over TCP; its status says why.
+#[test]
+fn a_udp_blocked_node_goes_through_the_relays_websocket() {
+    if !lab_ready("udp_blocked", true, &["ping", "nft"]) {
+        return;
+    }
+    let Some(mut lab) = Lab::for_test("udp_blocked") else {
+        return;
+    };
+    lab.add_public_host("nyc", SERVER.parse().unwrap()).unwrap();
+    lab.add_public_host("relay", "203.0.113.20".parse().unwrap())
+        .unwrap();
+    lab.add_router(
+        "r-blk",
+        "198.51.100.21".parse().unwrap(),
+        "10.5.0.0/24".parse().unwrap(),
+        NatKind::UdpBlocked,
+        Hairpin::Off,
+    )
+    .unwrap();
+    lab.add_lan_host("blk", "r-blk").unwrap();
+    lab.add_router(
+        "r-pr",
+        "198.51.100.22".parse().unwrap(),
+        "10.6.0.0/24".parse().unwrap(),
+        NatKind::PortRestricted,
+        Hairpin::Off,
+    )
+    .unwrap();
+    lab.add_lan_host("pr", "r-pr").unwrap();
+    let db = format!("sqlite://{}/server.db", lab.log_dir().display());
+    let init = lab
+        .exec("nyc", &[WGMESH, "server", "init", "--database", &db])
+        .unwrap();
+    let token = String::from_utf8_lossy(&init.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    // Port 443: the only way out of the UDP-blocking firewall.
+    lab.spawn(
+        "nyc",
+        "server",
+        &[
+            WGMESH,
+            "server",
+            "--listen",
+            "0.0.0.0:443",
+            "--database",
+            &db,
+            "--insecure-http",
+        ],
+    )
+    .unwrap();
+    let w = World { lab, token };
+    let admin_url = "http://127.0.0.1:443";
+    let admin = |args: &[&str]| -> Option<String> {
+        let tok = format!("WGMESH_TOKEN={}", w.token);
+        let mut argv = vec!["env", &tok, WGMESH, "admin", "--server", admin_url];
+        argv.extend_from_slice(args);
+        w.lab
+            .exec("nyc", &argv)
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin(&["networks", "list"]).is_none() {
+        assert!(Instant::now() < deadline, "server down:\n{}", w.lab.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    admin(&["networks", "create", "m", "--overlay", "100.91.0.0/24"]).unwrap();
+    let key = admin(&["setup-keys", "create", "--reusable"])
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let relay_dir = w.lab.log_dir().join("relay").to_string_lossy().into_owned();
+    let relay_key = w
+        .sh(
+            "relay",
+            &[WGMESH, "relay", "pubkey", "--state-dir", &relay_dir],
+        )
+        .trim()
+        .to_owned();
+    let created = admin(&[
+        "relays",
+        "create",
+        "r1",
+        "--public-key",
+        &relay_key,
+        "--udp",
+        "203.0.113.20:3340",
+        "--ws-url",
+        "ws://203.0.113.20:443/relay",
+    ])
+    .unwrap();
+    let token_file = format!("{relay_dir}/token");
+    std::fs::write(&token_file, created.lines().last().unwrap().trim()).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mut w = w;
+    w.lab
+        .spawn(
+            "relay",
+            "relay",
+            &[
+                WGMESH,
+                "relay",
+                "--listen-udp",
+                "0.0.0.0:3340",
+                "--listen-ws",
+                "0.0.0.0:443",
+                "--insecure-ws",
+                "--server",
+                &format!("http://{SERVER}:443"),
+                "--token-file",
+                &token_file,
+                "--members-interval-secs",
+                "1",
+                "--state-dir",
+                &relay_dir,
+            ],
+        )
+        .unwrap();
+    let server = format!("http://{SERVER}:443");
+    for (i, name) in ["blk", "pr"].iter().enumerate() {
+        let env = format!("WGMESH_SETUP_KEY={key}");
+        let iface = w.lab.id().wg_iface(i);
+        let state = w.state(name);
+        w.lab
+            .spawn(
+                name,
+                &format!("agent-{name}"),
+                &[
+                    "env",
+                    &env,
+                    WGMESH,
+                    "up",
+                    "--server",
+                    &server,
+                    "--name",
+                    name,
+                    "--state-dir",
+                    &state,
+                    "--interface",
+                    &iface,
+                ],
+            )
+            .unwrap();
+    }
+    let deadline = Instant::now() + FORM;
+    loop {
+        let a = w.route("blk", "pr");
+        let b = w.route("pr", "blk");
+        // The reason comes once blk's STUN probes have failed and been
+        // reported.
+        let relayed = |r: &Option<String>| {
+            r.as_deref()
+                .is_some_and(|r| r.starts_with("relayed via r1"))
+        };
+        if relayed(&a)
+            && relayed(&b)
+            && a.as_deref()
+                .is_some_and(|r| r.contains("UDP blocked at blk"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blk ↔ pr not relayed: {a:?} / {b:?}\n{}",
+            w.lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (blk, pr) = (w.address("blk"), w.address("pr"));
+    w.lab
+        .ping_until("blk", pr, FORM)
+        .unwrap_or_else(|e| panic!("blk → pr: {e}\n{}", w.lab.logs()));
+    w.lab
+        .ping_until("pr", blk, FORM)
+        .unwrap_or_else(|e| panic!("pr → blk: {e}\n{}", w.lab.logs()));
+    for name in ["blk", "pr"] {
         w.lab.stop(&format!("agent-{name}"));
     }
 }
