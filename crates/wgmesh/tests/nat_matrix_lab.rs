@@ -581,3 +581,170 @@ fn a_udp_blocked_node_goes_through_the_relays_websocket() {
         w.lab.stop(&format!("agent-{name}"));
     }
 }
+
+/// With two relays, the agent uses the one that answers first: here the
+/// second in the map's order, the first being 150 ms further away.
+#[test]
+fn the_nearest_of_two_relays_is_used() {
+    if !lab_ready("two_relays", true, &["ping"]) {
+        return;
+    }
+    let Some(mut lab) = Lab::for_test("two_relays") else {
+        return;
+    };
+    lab.add_public_host("nyc", SERVER.parse().unwrap()).unwrap();
+    lab.add_public_host("far", "203.0.113.30".parse().unwrap())
+        .unwrap();
+    lab.add_public_host("near", "203.0.113.31".parse().unwrap())
+        .unwrap();
+    lab.add_public_host("a", "192.0.2.41".parse().unwrap())
+        .unwrap();
+    lab.set_latency("far", Duration::from_millis(150), Duration::ZERO)
+        .unwrap();
+    let db = format!("sqlite://{}/server.db", lab.log_dir().display());
+    let init = lab
+        .exec("nyc", &[WGMESH, "server", "init", "--database", &db])
+        .unwrap();
+    let token = String::from_utf8_lossy(&init.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    lab.spawn(
+        "nyc",
+        "server",
+        &[
+            WGMESH,
+            "server",
+            "--listen",
+            "0.0.0.0:8080",
+            "--database",
+            &db,
+            "--insecure-http",
+        ],
+    )
+    .unwrap();
+    let mut w = World { lab, token };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tok = format!("WGMESH_TOKEN={}", w.token);
+        let argv = [
+            "env",
+            &tok,
+            WGMESH,
+            "admin",
+            "--server",
+            "http://127.0.0.1:8080",
+            "networks",
+            "list",
+        ];
+        if w.lab.exec("nyc", &argv).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server down:\n{}", w.lab.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    w.admin(&["networks", "create", "m", "--overlay", "100.92.0.0/24"]);
+    let key = w
+        .admin(&["setup-keys", "create", "--reusable"])
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    for (host, name, addr) in [
+        ("far", "r-far", "203.0.113.30"),
+        ("near", "r-near", "203.0.113.31"),
+    ] {
+        let dir = w.lab.log_dir().join(name).to_string_lossy().into_owned();
+        let relay_key = w
+            .sh(host, &[WGMESH, "relay", "pubkey", "--state-dir", &dir])
+            .trim()
+            .to_owned();
+        let udp = format!("{addr}:{RELAY_PORT}");
+        let created = w.admin(&[
+            "relays",
+            "create",
+            name,
+            "--public-key",
+            &relay_key,
+            "--udp",
+            &udp,
+        ]);
+        let token_file = format!("{dir}/token");
+        std::fs::write(&token_file, created.lines().last().unwrap().trim()).unwrap();
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let listen = format!("0.0.0.0:{RELAY_PORT}");
+        let server = format!("http://{SERVER}:8080");
+        w.lab
+            .spawn(
+                host,
+                name,
+                &[
+                    WGMESH,
+                    "relay",
+                    "--listen-udp",
+                    &listen,
+                    "--server",
+                    &server,
+                    "--token-file",
+                    &token_file,
+                    "--members-interval-secs",
+                    "1",
+                    "--state-dir",
+                    &dir,
+                ],
+            )
+            .unwrap();
+    }
+    let env = format!("WGMESH_SETUP_KEY={key}");
+    let iface = w.lab.id().wg_iface(0);
+    let state = w.state("a");
+    let server = format!("http://{SERVER}:8080");
+    w.lab
+        .spawn(
+            "a",
+            "agent-a",
+            &[
+                "env",
+                &env,
+                WGMESH,
+                "up",
+                "--server",
+                &server,
+                "--name",
+                "a",
+                "--state-dir",
+                &state,
+                "--interface",
+                &iface,
+            ],
+        )
+        .unwrap();
+    let deadline = Instant::now() + FORM;
+    loop {
+        let st = w.status("a");
+        let relay = st.as_ref().map(|s| {
+            (
+                s["paths"]["relay"].clone(),
+                s["paths"]["relay_registered"].clone(),
+            )
+        });
+        if let Some((name, serde_json::Value::Bool(true))) = &relay {
+            assert_eq!(name, "r-near", "the nearer relay should win");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no relay registered: {relay:?}\n{}",
+            w.lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w.lab.stop("agent-a");
+}
