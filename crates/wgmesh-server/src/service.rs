@@ -280,6 +280,7 @@ impl Service {
             world.relays.insert(relay.id, relay);
         }
         world.reindex();
+        world.start_versions_at(u64::try_from(unix_millis()).unwrap_or(0));
         let metrics = Metrics::default();
         Ok(Arc::new(Self {
             db,

@@ -57,7 +57,7 @@ pub struct Node {
     pub last_seen: Option<i64>,
     pub created_at: i64,
     pub expires_at: Option<i64>,
-    /// Map version of this node's stream(s).
+    /// The version last sent on this node's stream(s).
     pub version: u64,
     pub streams: Vec<mpsc::Sender<MapUpdate>>,
     /// `endpoints` best first, for the compiler.
@@ -288,6 +288,13 @@ pub struct World {
     /// Relays by id (few: a scan finds one by token). Changed only
     /// followed by [`World::push_full_maps`], since every map lists them.
     pub relays: BTreeMap<i64, Relay>,
+    /// The version of the newest map: one step per change, for the whole
+    /// world. A full map carries the current one, a delta the step it
+    /// brings its node to, so versions only grow and a version names one
+    /// map of a node. It starts at the load's wall clock in milliseconds
+    /// ([`World::start_versions_at`]), so a restarted server's maps do not
+    /// go back to versions agents have seen.
+    pub epoch: u64,
     index: NodeIndex,
 }
 
@@ -625,7 +632,7 @@ impl World {
             .filter_map(|id| self.nodes.get(id))
             .map(Node::view)
             .collect();
-        let mut map = full_map(&node.view(), others.iter(), &view, node.version);
+        let mut map = full_map(&node.view(), others.iter(), &view, self.epoch);
         map.relays = self.relay_entries();
         Some(map)
     }
@@ -636,7 +643,10 @@ impl World {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tx.try_send(MapUpdate::Full(map))
             .expect("invariant: a fresh channel has room for one message");
-        self.nodes.get_mut(&node_id)?.streams.push(tx);
+        let epoch = self.epoch;
+        let node = self.nodes.get_mut(&node_id)?;
+        node.streams.push(tx);
+        node.version = epoch;
         Some(rx)
     }
 }
@@ -702,16 +712,24 @@ impl World {
             Some(id) => self.reindex_node(id, before.indexed.as_ref()),
             None => self.reindex(),
         }
+        self.epoch += 1;
+        let epoch = self.epoch;
         let mut sent = 0;
         for (id, update) in self.updates_after(before) {
             let node = self
                 .nodes
                 .get_mut(&id)
                 .expect("invariant: collected from nodes above");
-            node.version += 1;
+            node.version = epoch;
             sent += node.push(update);
         }
         sent
+    }
+
+    /// Sets the first version after a load: the wall clock in
+    /// milliseconds, or on from the highest version already given out.
+    pub fn start_versions_at(&mut self, unix_ms: u64) {
+        self.epoch = self.epoch.max(unix_ms);
     }
 
     /// What [`World::push_changes`] sends, per node, computed without
@@ -730,10 +748,9 @@ impl World {
             hub != before.primary_hub || before.default_action != Some(net.policy.default);
         let mut updates: Vec<(i64, MapUpdate)> = Vec::new();
         let full = |world: &World, me: &Node, updates: &mut Vec<(i64, MapUpdate)>| {
-            let mut map = world
+            let map = world
                 .full_map(me)
                 .expect("invariant: the node's network exists");
-            map.version += 1;
             updates.push((me.id, MapUpdate::Full(map)));
         };
         match before.changed {
@@ -767,7 +784,7 @@ impl World {
                     };
                     let old = before.entries.remove(&id).unwrap_or_default();
                     let new = now.remove(&id).unwrap_or_default();
-                    updates.extend(Self::delta(me, &old, new).map(|u| (id, u)));
+                    updates.extend(Self::delta(me, &old, new, self.epoch).map(|u| (id, u)));
                 }
             }
             None => {
@@ -779,16 +796,16 @@ impl World {
                     let mine = rules_naming(&net.policy, me);
                     let others = self.candidates(me, &mine);
                     let new = self.entries_for(me, &others, net, &mine, hub);
-                    updates.extend(Self::delta(me, &old, new).map(|u| (me.id, u)));
+                    updates.extend(Self::delta(me, &old, new, self.epoch).map(|u| (me.id, u)));
                 }
             }
         }
         updates
     }
 
-    /// The delta that takes `me` from `old` entries to `new` ones, if they
-    /// differ and it has a stream to send it on.
-    fn delta(me: &Node, old: &[MapPeer], new: Vec<MapPeer>) -> Option<MapUpdate> {
+    /// The delta that takes `me` from `old` entries to `new` ones, at
+    /// version `epoch`, if they differ and it has a stream to send it on.
+    fn delta(me: &Node, old: &[MapPeer], new: Vec<MapPeer>, epoch: u64) -> Option<MapUpdate> {
         if me.streams.is_empty() {
             return None;
         }
@@ -809,7 +826,7 @@ impl World {
         }
         Some(MapUpdate::Delta(MapDelta {
             from_version: me.version,
-            version: me.version + 1,
+            version: epoch,
             upsert,
             remove,
         }))
@@ -832,15 +849,13 @@ impl World {
     /// is one decides how NATed pairs peer). Returns the number of
     /// messages queued.
     pub fn push_full_maps(&mut self) -> usize {
+        self.epoch += 1;
+        let epoch = self.epoch;
         let updates: Vec<(i64, MapUpdate)> = self
             .nodes
             .values()
             .filter(|n| !n.streams.is_empty())
-            .filter_map(|me| {
-                let mut map = self.full_map(me)?;
-                map.version += 1;
-                Some((me.id, MapUpdate::Full(map)))
-            })
+            .filter_map(|me| Some((me.id, MapUpdate::Full(self.full_map(me)?))))
             .collect();
         let mut sent = 0;
         for (id, update) in updates {
@@ -848,7 +863,7 @@ impl World {
                 .nodes
                 .get_mut(&id)
                 .expect("invariant: collected from nodes above");
-            node.version += 1;
+            node.version = epoch;
             sent += node.push(update);
         }
         sent
@@ -963,7 +978,7 @@ mod tests {
     }
 
     /// The map as compiled before the index: every node, the whole policy.
-    fn reference(w: &World, me: &Node) -> NetworkMap {
+    fn reference(w: &World, me: &Node, version: u64) -> NetworkMap {
         let net = &w.networks[&me.network_id];
         let view = w.view(net, &net.policy, w.primary_hub(net.id));
         let others: Vec<NodeView<'_>> = w
@@ -972,12 +987,17 @@ mod tests {
             .filter(|n| n.network_id == me.network_id)
             .map(Node::view)
             .collect();
-        full_map(&me.view(), others.iter(), &view, me.version)
+        full_map(&me.view(), others.iter(), &view, version)
     }
 
     fn check_full_maps(w: &World) {
         for n in w.nodes.values() {
-            assert_eq!(w.full_map(n).unwrap(), reference(w, n), "node {}", n.name);
+            assert_eq!(
+                w.full_map(n).unwrap(),
+                reference(w, n, w.epoch),
+                "node {}",
+                n.name
+            );
         }
     }
 
@@ -1104,7 +1124,13 @@ mod tests {
     ) {
         for (id, (_, map)) in maps {
             let Some(n) = w.nodes.get(id) else { continue };
-            assert_eq!(map.as_ref().unwrap(), &reference(w, n), "node {}", n.name);
+            // A node holds its map at the version last sent to it.
+            assert_eq!(
+                map.as_ref().unwrap(),
+                &reference(w, n, n.version),
+                "node {}",
+                n.name
+            );
         }
     }
 

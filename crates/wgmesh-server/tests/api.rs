@@ -405,9 +405,15 @@ async fn changes_reach_connected_nodes_as_deltas_within_a_second() {
             panic!("first message must be a full map")
         };
         assert_eq!(map.peers.len(), 1);
-        let apply = |map: &mut wgmesh_core::netmap::NetworkMap, u: MapUpdate| match u {
-            MapUpdate::Delta(d) => map.apply(&d).unwrap(),
-            MapUpdate::Full(m) => *map = m,
+        // Every message's version is above the last: a version names one
+        // map of this node (a reconnect gets a full map with a newer one).
+        let apply = |map: &mut wgmesh_core::netmap::NetworkMap, u: MapUpdate| {
+            let last = map.version;
+            match u {
+                MapUpdate::Delta(d) => map.apply(&d).unwrap(),
+                MapUpdate::Full(m) => *map = m,
+            }
+            assert!(map.version > last, "version {} after {last}", map.version);
         };
 
         // A new node appears in a's map.
@@ -507,8 +513,16 @@ async fn a_restarted_server_resumes_with_its_state() {
         )
         .await;
         let before = state(&f).await;
+        let version_before = f.svc.node_map(f.b.0).await.unwrap().version;
         drop(f.svc);
         let svc = service(&db, ServiceConfig::default()).await;
+        // Map versions never go back, across a restart too: an agent
+        // holding a map of the old server is never ahead of the new one.
+        let version_after = svc.node_map(f.b.0).await.unwrap().version;
+        assert!(
+            version_after > version_before,
+            "{version_after} after {version_before}"
+        );
         let g = Fixture {
             svc,
             admin: f.admin.clone(),
