@@ -238,6 +238,9 @@ fn build(stop: &AtomicBool) -> Result<Demo> {
         let k = if *host == "nyc" { &hub_key } else { &node_key };
         let env = format!("WGMESH_SETUP_KEY={k}");
         let iface = demo.lab.id().wg_iface(i);
+        // A killed agent (a failed test) leaves its UAPI socket.
+        demo.lab
+            .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
         let state = demo.state_dir(host);
         let server = format!("http://{SERVER_ADDR}:8080");
         let wgmesh = demo.wgmesh.clone();

@@ -309,6 +309,8 @@ fn start_agent(
     ]);
     argv.extend(ctl.ca_args());
     lab.spawn(host, label, &argv).expect("spawn agent");
+    // A killed agent (a failed test) leaves its UAPI socket.
+    lab.remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
 }
 
 /// The agent's status as JSON, once its status socket answers.

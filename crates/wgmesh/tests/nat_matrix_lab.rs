@@ -234,6 +234,9 @@ fn build() -> Option<World> {
     for (i, (name, _, _)) in NODES.iter().enumerate() {
         let env = format!("WGMESH_SETUP_KEY={key}");
         let iface = w.lab.id().wg_iface(i);
+        // A killed agent (a failed test) leaves its UAPI socket.
+        w.lab
+            .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
         let state = w.state(name);
         w.lab
             .spawn(
@@ -524,6 +527,9 @@ fn a_udp_blocked_node_goes_through_the_relays_websocket() {
     for (i, name) in ["blk", "pr"].iter().enumerate() {
         let env = format!("WGMESH_SETUP_KEY={key}");
         let iface = w.lab.id().wg_iface(i);
+        // A killed agent (a failed test) leaves its UAPI socket.
+        w.lab
+            .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
         let state = w.state(name);
         w.lab
             .spawn(
@@ -704,6 +710,9 @@ fn the_nearest_of_two_relays_is_used() {
     }
     let env = format!("WGMESH_SETUP_KEY={key}");
     let iface = w.lab.id().wg_iface(0);
+    // A killed agent (a failed test) leaves its UAPI socket.
+    w.lab
+        .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
     let state = w.state("a");
     let server = format!("http://{SERVER}:8080");
     w.lab
