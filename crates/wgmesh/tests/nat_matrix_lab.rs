@@ -40,12 +40,57 @@ fn direct_possible(a: NatKind, b: NatKind) -> bool {
     !((a == NatKind::Symmetric && strict(b)) || (b == NatKind::Symmetric && strict(a)))
 }
 
+/// A lab with the coordination server on nyc (`port`), one network and a
+/// reusable setup key; relays and agents are added to it.
 struct World {
     lab: Lab,
     token: String,
+    port: u16,
+    setup_key: String,
+    agents: Vec<String>,
 }
 
 impl World {
+    /// Starts the server on nyc (which the caller added) on `port`, and
+    /// makes the network `m` with `overlay`.
+    fn start(mut lab: Lab, port: u16, overlay: &str) -> World {
+        let db = format!("sqlite://{}/server.db", lab.log_dir().display());
+        let init = lab
+            .exec("nyc", &[WGMESH, "server", "init", "--database", &db])
+            .unwrap();
+        let token = last_line(&String::from_utf8_lossy(&init.stdout));
+        let listen = format!("0.0.0.0:{port}");
+        lab.spawn(
+            "nyc",
+            "server",
+            &[
+                WGMESH,
+                "server",
+                "--listen",
+                &listen,
+                "--database",
+                &db,
+                "--insecure-http",
+            ],
+        )
+        .unwrap();
+        let mut w = World {
+            lab,
+            token,
+            port,
+            setup_key: String::new(),
+            agents: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while w.try_admin(&["networks", "list"]).is_none() {
+            assert!(Instant::now() < deadline, "server down:\n{}", w.lab.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        w.admin(&["networks", "create", "m", "--overlay", overlay]);
+        w.setup_key = last_line(&w.admin(&["setup-keys", "create", "--reusable"]));
+        w
+    }
+
     fn sh(&self, host: &str, args: &[&str]) -> String {
         let out = self
             .lab
@@ -54,18 +99,109 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn admin(&self, args: &[&str]) -> String {
+    fn try_admin(&self, args: &[&str]) -> Option<String> {
         let tok = format!("WGMESH_TOKEN={}", self.token);
-        let mut argv = vec![
-            "env",
-            &tok,
-            WGMESH,
-            "admin",
-            "--server",
-            "http://127.0.0.1:8080",
-        ];
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let mut argv = vec!["env", &tok, WGMESH, "admin", "--server", &url];
         argv.extend_from_slice(args);
-        self.sh("nyc", &argv)
+        let out = self.lab.exec("nyc", &argv).ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        self.try_admin(args)
+            .unwrap_or_else(|| panic!("wgmesh admin {args:?} failed\n{}", self.lab.logs()))
+    }
+
+    /// Registers relay `name` on `host` (UDP at `addr`:[`RELAY_PORT`], and
+    /// a plain WebSocket on port 443 if `ws`) and starts it.
+    fn add_relay(&mut self, host: &str, name: &str, addr: &str, ws: bool) {
+        let dir = self.lab.log_dir().join(name).to_string_lossy().into_owned();
+        let key = self
+            .sh(host, &[WGMESH, "relay", "pubkey", "--state-dir", &dir])
+            .trim()
+            .to_owned();
+        let udp = format!("{addr}:{RELAY_PORT}");
+        let ws_url = format!("ws://{addr}:443/relay");
+        let mut create = vec![
+            "relays",
+            "create",
+            name,
+            "--public-key",
+            &key,
+            "--udp",
+            &udp,
+        ];
+        if ws {
+            create.extend(["--ws-url", &ws_url]);
+        }
+        let token_file = format!("{dir}/token");
+        std::fs::write(&token_file, last_line(&self.admin(&create))).unwrap();
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let listen = format!("0.0.0.0:{RELAY_PORT}");
+        let server = format!("http://{SERVER}:{}", self.port);
+        let mut argv = vec![
+            WGMESH,
+            "relay",
+            "--listen-udp",
+            &listen,
+            "--server",
+            &server,
+            "--token-file",
+            &token_file,
+            "--members-interval-secs",
+            "1",
+            "--state-dir",
+            &dir,
+        ];
+        if ws {
+            argv.extend(["--listen-ws", "0.0.0.0:443", "--insecure-ws"]);
+        }
+        self.lab.spawn(host, name, &argv).unwrap();
+    }
+
+    /// Starts an agent on `host`, enrolled with the network's setup key.
+    fn start_agent(&mut self, host: &str) {
+        let env = format!("WGMESH_SETUP_KEY={}", self.setup_key);
+        let iface = self.lab.id().wg_iface(self.agents.len());
+        // A killed agent (a failed test) leaves its UAPI socket.
+        self.lab
+            .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
+        let state = self.state(host);
+        let server = format!("http://{SERVER}:{}", self.port);
+        let label = format!("agent-{host}");
+        self.lab
+            .spawn(
+                host,
+                &label,
+                &[
+                    "env",
+                    &env,
+                    WGMESH,
+                    "up",
+                    "--server",
+                    &server,
+                    "--name",
+                    host,
+                    "--state-dir",
+                    &state,
+                    "--interface",
+                    &iface,
+                ],
+            )
+            .unwrap();
+        self.agents.push(label);
+    }
+
+    /// SIGTERM to every agent: each takes its interface down.
+    fn stop_agents(mut self) {
+        for label in std::mem::take(&mut self.agents) {
+            self.lab.stop(&label);
+        }
     }
 
     fn state(&self, host: &str) -> String {
@@ -106,158 +242,53 @@ impl World {
             .expect("net");
         net.addr()
     }
+
+    /// Polls until `ok` holds, or panics with `what` after [`FORM`].
+    fn wait(&self, what: &str, ok: impl Fn(&World) -> bool) {
+        let deadline = Instant::now() + FORM;
+        while !ok(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {FORM:?}\n{}",
+                self.lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
-fn build() -> Option<World> {
-    if !lab_ready("nat_matrix", true, &["ping", "nft"]) {
+fn last_line(text: &str) -> String {
+    text.lines()
+        .last()
+        .expect("a line of output")
+        .trim()
+        .to_owned()
+}
+
+/// A lab for a test, or `None` where the lab cannot run (see `lab_ready`).
+fn lab(test: &str) -> Option<Lab> {
+    if !lab_ready(test, true, &["ping", "nft"]) {
         return None;
     }
-    let mut lab = Lab::for_test("nat_matrix")?;
+    let mut lab = Lab::for_test(test)?;
     lab.add_public_host("nyc", SERVER.parse().unwrap()).unwrap();
+    Some(lab)
+}
+
+/// Every NAT kind of [`NODES`], one agent behind each, and a relay on nyc.
+fn build() -> Option<World> {
+    let mut lab = lab("nat_matrix")?;
     for (i, (name, kind, wan)) in NODES.iter().enumerate() {
         let router = format!("r-{name}");
-        lab.add_router(
-            &router,
-            wan.parse().unwrap(),
-            format!("10.{}.0.0/24", i + 1).parse().unwrap(),
-            *kind,
-            Hairpin::Off,
-        )
-        .unwrap();
+        let lan = format!("10.{}.0.0/24", i + 1).parse().unwrap();
+        lab.add_router(&router, wan.parse().unwrap(), lan, *kind, Hairpin::Off)
+            .unwrap();
         lab.add_lan_host(name, &router).unwrap();
     }
-    let db = format!("sqlite://{}/server.db", lab.log_dir().display());
-    let init = lab
-        .exec("nyc", &[WGMESH, "server", "init", "--database", &db])
-        .unwrap();
-    let token = String::from_utf8_lossy(&init.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    lab.spawn(
-        "nyc",
-        "server",
-        &[
-            WGMESH,
-            "server",
-            "--listen",
-            "0.0.0.0:8080",
-            "--database",
-            &db,
-            "--insecure-http",
-        ],
-    )
-    .unwrap();
-    let mut w = World { lab, token };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let tok = format!("WGMESH_TOKEN={}", w.token);
-        if w.lab
-            .exec(
-                "nyc",
-                &[
-                    "env",
-                    &tok,
-                    WGMESH,
-                    "admin",
-                    "--server",
-                    "http://127.0.0.1:8080",
-                    "networks",
-                    "list",
-                ],
-            )
-            .is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server down:\n{}", w.lab.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    w.admin(&["networks", "create", "m", "--overlay", "100.90.0.0/24"]);
-    let key = w
-        .admin(&["setup-keys", "create", "--reusable"])
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let relay_dir = w.lab.log_dir().join("relay").to_string_lossy().into_owned();
-    let relay_key = w
-        .sh(
-            "nyc",
-            &[WGMESH, "relay", "pubkey", "--state-dir", &relay_dir],
-        )
-        .trim()
-        .to_owned();
-    let udp = format!("{SERVER}:{RELAY_PORT}");
-    let relay_token = w.admin(&[
-        "relays",
-        "create",
-        "r1",
-        "--public-key",
-        &relay_key,
-        "--udp",
-        &udp,
-    ]);
-    let relay_token = relay_token.lines().last().unwrap().trim().to_owned();
-    let token_file = format!("{relay_dir}/token");
-    std::fs::write(&token_file, relay_token).unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let listen = format!("0.0.0.0:{RELAY_PORT}");
-    w.lab
-        .spawn(
-            "nyc",
-            "relay",
-            &[
-                WGMESH,
-                "relay",
-                "--listen-udp",
-                &listen,
-                "--server",
-                "http://127.0.0.1:8080",
-                "--token-file",
-                &token_file,
-                "--members-interval-secs",
-                "1",
-                "--state-dir",
-                &relay_dir,
-            ],
-        )
-        .unwrap();
-    let server = format!("http://{SERVER}:8080");
-    for (i, (name, _, _)) in NODES.iter().enumerate() {
-        let env = format!("WGMESH_SETUP_KEY={key}");
-        let iface = w.lab.id().wg_iface(i);
-        // A killed agent (a failed test) leaves its UAPI socket.
-        w.lab
-            .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
-        let state = w.state(name);
-        w.lab
-            .spawn(
-                name,
-                &format!("agent-{name}"),
-                &[
-                    "env",
-                    &env,
-                    WGMESH,
-                    "up",
-                    "--server",
-                    &server,
-                    "--name",
-                    name,
-                    "--state-dir",
-                    &state,
-                    "--interface",
-                    &iface,
-                ],
-            )
-            .unwrap();
+    let mut w = World::start(lab, 8080, "100.90.0.0/24");
+    w.add_relay("nyc", "r1", SERVER, false);
+    for (name, _, _) in NODES {
+        w.start_agent(name);
     }
     Some(w)
 }
@@ -385,10 +416,7 @@ fn nat_kinds_pairwise_direct_where_possible_relayed_otherwise_and_failover() {
         back.elapsed()
     );
 
-    let mut w = w;
-    for (name, _, _) in NODES {
-        w.lab.stop(&format!("agent-{name}"));
-    }
+    w.stop_agents();
 }
 
 /// A node behind a firewall that lets only TCP to port 443 out: it reaches
@@ -396,186 +424,37 @@ fn nat_kinds_pairwise_direct_where_possible_relayed_otherwise_and_failover() {
 /// to its peer goes through the relay over TCP; its status says why.
 #[test]
 fn a_udp_blocked_node_goes_through_the_relays_websocket() {
-    if !lab_ready("udp_blocked", true, &["ping", "nft"]) {
-        return;
-    }
-    let Some(mut lab) = Lab::for_test("udp_blocked") else {
+    let Some(mut lab) = lab("udp_blocked") else {
         return;
     };
-    lab.add_public_host("nyc", SERVER.parse().unwrap()).unwrap();
     lab.add_public_host("relay", "203.0.113.20".parse().unwrap())
         .unwrap();
-    lab.add_router(
-        "r-blk",
-        "198.51.100.21".parse().unwrap(),
-        "10.5.0.0/24".parse().unwrap(),
-        NatKind::UdpBlocked,
-        Hairpin::Off,
-    )
-    .unwrap();
-    lab.add_lan_host("blk", "r-blk").unwrap();
-    lab.add_router(
-        "r-pr",
-        "198.51.100.22".parse().unwrap(),
-        "10.6.0.0/24".parse().unwrap(),
-        NatKind::PortRestricted,
-        Hairpin::Off,
-    )
-    .unwrap();
-    lab.add_lan_host("pr", "r-pr").unwrap();
-    let db = format!("sqlite://{}/server.db", lab.log_dir().display());
-    let init = lab
-        .exec("nyc", &[WGMESH, "server", "init", "--database", &db])
-        .unwrap();
-    let token = String::from_utf8_lossy(&init.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    // Port 443: the only way out of the UDP-blocking firewall.
-    lab.spawn(
-        "nyc",
-        "server",
-        &[
-            WGMESH,
-            "server",
-            "--listen",
-            "0.0.0.0:443",
-            "--database",
-            &db,
-            "--insecure-http",
-        ],
-    )
-    .unwrap();
-    let w = World { lab, token };
-    let admin_url = "http://127.0.0.1:443";
-    let admin = |args: &[&str]| -> Option<String> {
-        let tok = format!("WGMESH_TOKEN={}", w.token);
-        let mut argv = vec!["env", &tok, WGMESH, "admin", "--server", admin_url];
-        argv.extend_from_slice(args);
-        w.lab
-            .exec("nyc", &argv)
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin(&["networks", "list"]).is_none() {
-        assert!(Instant::now() < deadline, "server down:\n{}", w.lab.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    admin(&["networks", "create", "m", "--overlay", "100.91.0.0/24"]).unwrap();
-    let key = admin(&["setup-keys", "create", "--reusable"])
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    let relay_dir = w.lab.log_dir().join("relay").to_string_lossy().into_owned();
-    let relay_key = w
-        .sh(
-            "relay",
-            &[WGMESH, "relay", "pubkey", "--state-dir", &relay_dir],
-        )
-        .trim()
-        .to_owned();
-    let created = admin(&[
-        "relays",
-        "create",
-        "r1",
-        "--public-key",
-        &relay_key,
-        "--udp",
-        "203.0.113.20:3340",
-        "--ws-url",
-        "ws://203.0.113.20:443/relay",
-    ])
-    .unwrap();
-    let token_file = format!("{relay_dir}/token");
-    std::fs::write(&token_file, created.lines().last().unwrap().trim()).unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let mut w = w;
-    w.lab
-        .spawn(
-            "relay",
-            "relay",
-            &[
-                WGMESH,
-                "relay",
-                "--listen-udp",
-                "0.0.0.0:3340",
-                "--listen-ws",
-                "0.0.0.0:443",
-                "--insecure-ws",
-                "--server",
-                &format!("http://{SERVER}:443"),
-                "--token-file",
-                &token_file,
-                "--members-interval-secs",
-                "1",
-                "--state-dir",
-                &relay_dir,
-            ],
-        )
-        .unwrap();
-    let server = format!("http://{SERVER}:443");
-    for (i, name) in ["blk", "pr"].iter().enumerate() {
-        let env = format!("WGMESH_SETUP_KEY={key}");
-        let iface = w.lab.id().wg_iface(i);
-        // A killed agent (a failed test) leaves its UAPI socket.
-        w.lab
-            .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
-        let state = w.state(name);
-        w.lab
-            .spawn(
-                name,
-                &format!("agent-{name}"),
-                &[
-                    "env",
-                    &env,
-                    WGMESH,
-                    "up",
-                    "--server",
-                    &server,
-                    "--name",
-                    name,
-                    "--state-dir",
-                    &state,
-                    "--interface",
-                    &iface,
-                ],
-            )
+    for (i, (host, kind)) in [
+        ("blk", NatKind::UdpBlocked),
+        ("pr", NatKind::PortRestricted),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let router = format!("r-{host}");
+        let wan = format!("198.51.100.{}", 21 + i).parse().unwrap();
+        let lan = format!("10.{}.0.0/24", 5 + i).parse().unwrap();
+        lab.add_router(&router, wan, lan, kind, Hairpin::Off)
             .unwrap();
+        lab.add_lan_host(host, &router).unwrap();
     }
-    let deadline = Instant::now() + FORM;
-    loop {
-        let a = w.route("blk", "pr");
-        let b = w.route("pr", "blk");
-        // The reason comes once blk's STUN probes have failed and been
-        // reported.
-        let relayed = |r: &Option<String>| {
-            r.as_deref()
-                .is_some_and(|r| r.starts_with("relayed via r1"))
-        };
-        if relayed(&a)
-            && relayed(&b)
-            && a.as_deref()
-                .is_some_and(|r| r.contains("UDP blocked at blk"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "blk ↔ pr not relayed: {a:?} / {b:?}\n{}",
-            w.lab.logs()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    // Port 443: the only way out of the UDP-blocking firewall.
+    let mut w = World::start(lab, 443, "100.91.0.0/24");
+    w.add_relay("relay", "r1", "203.0.113.20", true);
+    w.start_agent("blk");
+    w.start_agent("pr");
+    // The reason comes once blk's STUN probes have failed and been reported.
+    let relayed = |r: Option<String>| r.is_some_and(|r| r.starts_with("relayed via r1"));
+    w.wait("blk ↔ pr relayed, blk saying why", |w| {
+        relayed(w.route("pr", "blk"))
+            && w.route("blk", "pr")
+                .is_some_and(|r| r.starts_with("relayed via r1: UDP blocked at blk"))
+    });
     let (blk, pr) = (w.address("blk"), w.address("pr"));
     w.lab
         .ping_until("blk", pr, FORM)
@@ -583,22 +462,16 @@ fn a_udp_blocked_node_goes_through_the_relays_websocket() {
     w.lab
         .ping_until("pr", blk, FORM)
         .unwrap_or_else(|e| panic!("pr → blk: {e}\n{}", w.lab.logs()));
-    for name in ["blk", "pr"] {
-        w.lab.stop(&format!("agent-{name}"));
-    }
+    w.stop_agents();
 }
 
 /// With two relays, the agent uses the one that answers first: here the
 /// second in the map's order, the first being 150 ms further away.
 #[test]
 fn the_nearest_of_two_relays_is_used() {
-    if !lab_ready("two_relays", true, &["ping"]) {
-        return;
-    }
-    let Some(mut lab) = Lab::for_test("two_relays") else {
+    let Some(mut lab) = lab("two_relays") else {
         return;
     };
-    lab.add_public_host("nyc", SERVER.parse().unwrap()).unwrap();
     lab.add_public_host("far", "203.0.113.30".parse().unwrap())
         .unwrap();
     lab.add_public_host("near", "203.0.113.31".parse().unwrap())
@@ -607,153 +480,18 @@ fn the_nearest_of_two_relays_is_used() {
         .unwrap();
     lab.set_latency("far", Duration::from_millis(150), Duration::ZERO)
         .unwrap();
-    let db = format!("sqlite://{}/server.db", lab.log_dir().display());
-    let init = lab
-        .exec("nyc", &[WGMESH, "server", "init", "--database", &db])
-        .unwrap();
-    let token = String::from_utf8_lossy(&init.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    lab.spawn(
-        "nyc",
-        "server",
-        &[
-            WGMESH,
-            "server",
-            "--listen",
-            "0.0.0.0:8080",
-            "--database",
-            &db,
-            "--insecure-http",
-        ],
-    )
-    .unwrap();
-    let mut w = World { lab, token };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let tok = format!("WGMESH_TOKEN={}", w.token);
-        let argv = [
-            "env",
-            &tok,
-            WGMESH,
-            "admin",
-            "--server",
-            "http://127.0.0.1:8080",
-            "networks",
-            "list",
-        ];
-        if w.lab.exec("nyc", &argv).is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server down:\n{}", w.lab.logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    w.admin(&["networks", "create", "m", "--overlay", "100.92.0.0/24"]);
-    let key = w
-        .admin(&["setup-keys", "create", "--reusable"])
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    for (host, name, addr) in [
-        ("far", "r-far", "203.0.113.30"),
-        ("near", "r-near", "203.0.113.31"),
-    ] {
-        let dir = w.lab.log_dir().join(name).to_string_lossy().into_owned();
-        let relay_key = w
-            .sh(host, &[WGMESH, "relay", "pubkey", "--state-dir", &dir])
-            .trim()
-            .to_owned();
-        let udp = format!("{addr}:{RELAY_PORT}");
-        let created = w.admin(&[
-            "relays",
-            "create",
-            name,
-            "--public-key",
-            &relay_key,
-            "--udp",
-            &udp,
-        ]);
-        let token_file = format!("{dir}/token");
-        std::fs::write(&token_file, created.lines().last().unwrap().trim()).unwrap();
-        std::fs::set_permissions(
-            &token_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        let listen = format!("0.0.0.0:{RELAY_PORT}");
-        let server = format!("http://{SERVER}:8080");
-        w.lab
-            .spawn(
-                host,
-                name,
-                &[
-                    WGMESH,
-                    "relay",
-                    "--listen-udp",
-                    &listen,
-                    "--server",
-                    &server,
-                    "--token-file",
-                    &token_file,
-                    "--members-interval-secs",
-                    "1",
-                    "--state-dir",
-                    &dir,
-                ],
-            )
-            .unwrap();
-    }
-    let env = format!("WGMESH_SETUP_KEY={key}");
-    let iface = w.lab.id().wg_iface(0);
-    // A killed agent (a failed test) leaves its UAPI socket.
-    w.lab
-        .remove_on_drop(format!("/var/run/wireguard/{iface}.sock").into());
-    let state = w.state("a");
-    let server = format!("http://{SERVER}:8080");
-    w.lab
-        .spawn(
-            "a",
-            "agent-a",
-            &[
-                "env",
-                &env,
-                WGMESH,
-                "up",
-                "--server",
-                &server,
-                "--name",
-                "a",
-                "--state-dir",
-                &state,
-                "--interface",
-                &iface,
-            ],
-        )
-        .unwrap();
-    let deadline = Instant::now() + FORM;
-    loop {
-        let st = w.status("a");
-        let relay = st.as_ref().map(|s| {
-            (
-                s["paths"]["relay"].clone(),
-                s["paths"]["relay_registered"].clone(),
-            )
-        });
-        if let Some((name, serde_json::Value::Bool(true))) = &relay {
-            assert_eq!(name, "r-near", "the nearer relay should win");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no relay registered: {relay:?}\n{}",
-            w.lab.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    w.lab.stop("agent-a");
+    let mut w = World::start(lab, 8080, "100.92.0.0/24");
+    w.add_relay("far", "r-far", "203.0.113.30", false);
+    w.add_relay("near", "r-near", "203.0.113.31", false);
+    w.start_agent("a");
+    w.wait("a relay registered", |w| {
+        w.status("a")
+            .is_some_and(|s| s["paths"]["relay_registered"] == true)
+    });
+    let st = w.status("a").unwrap();
+    assert_eq!(
+        st["paths"]["relay"], "r-near",
+        "the nearer relay should win"
+    );
+    w.stop_agents();
 }
