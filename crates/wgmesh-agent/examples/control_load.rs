@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 use wgmesh_agent::client::{Client, StreamItem};
 use wgmesh_core::control::{
     CreateNetwork, CreateSetupKey, EndpointReport, EnrollRequest, NetworkInfo, SetupKeyCreated,
-    Topology,
+    Topology, enroll_proof,
 };
 use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::policy::{Action, Policy, PortRange, Proto, Rule, Selector};
@@ -223,11 +223,14 @@ async fn agent(
         shared.error(format!("randomness: {e}"));
         return;
     }
-    let public_key = PrivateKey::from_random(random).public_key();
-    let request = EnrollRequest {
+    let key = PrivateKey::from_random(random);
+    let name = format!("n{i}");
+    let mut request = EnrollRequest {
         setup_key,
-        public_key,
-        name: format!("n{i}"),
+        public_key: key.public_key(),
+        challenge: String::new(),
+        proof: String::new(),
+        name,
         endpoints: EndpointReport {
             local: vec![
                 format!("10.{}.{}.{}:51820", i >> 16 & 255, i >> 8 & 255, i & 255)
@@ -245,6 +248,18 @@ async fn agent(
     let permit = permits.acquire().await.expect("invariant: never closed");
     let mut attempt = 0;
     let credential = loop {
+        // Each attempt answers a fresh challenge (each is used once).
+        match client.enroll_challenge().await {
+            Ok(ch) => {
+                request.challenge = ch.id.clone();
+                request.proof = enroll_proof(&key, &ch, &request.setup_key, &request.name)
+                    .expect("invariant: the server's challenge key is a valid X25519 key");
+            }
+            Err(e) => {
+                shared.error(format!("challenge n{i}: {e}"));
+                return;
+            }
+        }
         match client.enroll(&request).await {
             Ok(r) => break r.credential,
             Err(e) if e.is_transient() && attempt < 5 => {

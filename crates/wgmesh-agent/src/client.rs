@@ -21,7 +21,9 @@ use futures_util::StreamExt as _;
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wgmesh_core::control::{ApiErrorBody, EndpointReport, EnrollRequest, EnrollResponse};
+use wgmesh_core::control::{
+    ApiErrorBody, EndpointReport, EnrollChallenge, EnrollRequest, EnrollResponse,
+};
 use wgmesh_core::netmap::{MapUpdate, NetworkMap};
 
 use crate::sse::{Event, SseError, SseParser};
@@ -262,6 +264,13 @@ impl Client {
         token: &str,
     ) -> Result<T, ClientError> {
         self.request::<(), T>(Method::DELETE, route, Some(token), None)
+            .await
+    }
+
+    /// `POST /api/v1/enroll/challenge`: what an enrolment must answer to
+    /// prove it holds its private key.
+    pub async fn enroll_challenge(&self) -> Result<EnrollChallenge, ClientError> {
+        self.request::<(), _>(Method::POST, "api/v1/enroll/challenge", None, None)
             .await
     }
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
-use wgmesh_core::control::{EndpointReport, EnrollRequest, NatType};
+use wgmesh_core::control::{EndpointReport, EnrollRequest, NatType, enroll_proof};
 use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::{NetworkMap, Route};
 use wgmesh_dataplane::netconf;
@@ -446,9 +446,18 @@ impl Agent {
             });
         };
         let local = endpoints::local_endpoints(&self.cfg.interface, self.cfg.listen_port).await;
+        // Proof that this node holds its key: the private key itself never
+        // leaves it.
+        let challenge = self.client.enroll_challenge().await?;
+        let proof =
+            enroll_proof(&self.key, &challenge, setup_key, &self.name).ok_or_else(|| {
+                ClientError::Stream("the server's enrolment challenge key is unusable".into())
+            })?;
         let req = EnrollRequest {
             setup_key: setup_key.as_str().to_owned(),
             public_key: self.key.public_key(),
+            challenge: challenge.id,
+            proof,
             name: self.name.clone(),
             endpoints: EndpointReport {
                 local,

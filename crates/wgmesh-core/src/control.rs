@@ -25,6 +25,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use base64::Engine as _;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -68,11 +69,116 @@ pub struct NetworkInfo {
     pub created_at: i64,
 }
 
+/// `POST /enroll/challenge`: a one-use challenge, valid for
+/// [`ENROLL_CHALLENGE_SECS`], that an enrolment must answer to prove it
+/// holds the private key of the public key it enrols.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollChallenge {
+    pub id: String,
+    /// A fresh X25519 key of the server's for this challenge only.
+    pub server_key: PublicKey,
+}
+
+/// How long a challenge can be answered.
+pub const ENROLL_CHALLENGE_SECS: u64 = 60;
+
+/// The proof of key possession an enrolment carries: a keyed BLAKE2s MAC,
+/// under BLAKE2s("wgmesh enroll v1" ‖ X25519(node, challenge key)), of
+/// the challenge id, the setup key, the public key and the name. Only the
+/// holder of the node's private key (or of the challenge's) can make it,
+/// and it binds everything the enrolment asks for. `None` for a
+/// challenge key that gives no shared secret.
+pub fn enroll_proof(
+    node: &crate::key::PrivateKey,
+    challenge: &EnrollChallenge,
+    setup_key: &str,
+    name: &str,
+) -> Option<String> {
+    let secret = x25519_dalek::StaticSecret::from(*node.as_bytes());
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(
+        *challenge.server_key.as_bytes(),
+    ));
+    if !shared.was_contributory() {
+        return None;
+    }
+    let mac = proof_mac(
+        shared.as_bytes(),
+        &challenge.id,
+        setup_key,
+        &node.public_key(),
+        name,
+    );
+    Some(base64::engine::general_purpose::STANDARD.encode(mac))
+}
+
+/// Checks a proof with the challenge's private key (the server's side).
+pub fn verify_enroll_proof(
+    challenge_key: &crate::key::PrivateKey,
+    challenge_id: &str,
+    req: &EnrollRequest,
+) -> bool {
+    let secret = x25519_dalek::StaticSecret::from(*challenge_key.as_bytes());
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*req.public_key.as_bytes()));
+    if !shared.was_contributory() {
+        return false;
+    }
+    let Ok(given) = base64::engine::general_purpose::STANDARD.decode(&req.proof) else {
+        return false;
+    };
+    let want = proof_mac(
+        shared.as_bytes(),
+        challenge_id,
+        &req.setup_key,
+        &req.public_key,
+        &req.name,
+    );
+    // Constant time: the comparison must not tell how much matched.
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn proof_mac(
+    shared: &[u8; 32],
+    id: &str,
+    setup_key: &str,
+    key: &PublicKey,
+    name: &str,
+) -> [u8; 32] {
+    use blake2::Digest;
+    use blake2::digest::{KeyInit, Mac};
+    let k: [u8; 32] = blake2::Blake2s256::new()
+        .chain_update(b"wgmesh enroll v1")
+        .chain_update(shared)
+        .finalize()
+        .into();
+    let mut mac = <blake2::Blake2sMac256 as KeyInit>::new_from_slice(&k)
+        .expect("invariant: 32 bytes is a valid BLAKE2s key length");
+    // Length-prefixed, so that no two different requests make one message.
+    for part in [
+        id.as_bytes(),
+        setup_key.as_bytes(),
+        key.as_bytes(),
+        name.as_bytes(),
+    ] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub setup_key: String,
     pub public_key: PublicKey,
+    /// The id of the challenge answered ([`EnrollChallenge`]).
+    pub challenge: String,
+    /// [`enroll_proof`] for that challenge.
+    pub proof: String,
     /// The node's name in the network (a DNS label); the server refuses a
     /// name another key holds.
     pub name: String,
@@ -316,5 +422,55 @@ mod tests {
         // The report carries it only when known.
         let r = EndpointReport::default();
         assert!(!serde_json::to_string(&r).unwrap().contains("nat"));
+    }
+}
+
+#[cfg(test)]
+mod proof_tests {
+    use super::*;
+    use crate::key::PrivateKey;
+
+    #[test]
+    fn a_proof_verifies_only_for_its_key_challenge_and_request() {
+        let node = PrivateKey::from_random([1; 32]);
+        let server = PrivateKey::from_random([2; 32]);
+        let ch = EnrollChallenge {
+            id: "c1".into(),
+            server_key: server.public_key(),
+        };
+        let proof = enroll_proof(&node, &ch, "wgs_k", "lab").unwrap();
+        let req = EnrollRequest {
+            setup_key: "wgs_k".into(),
+            public_key: node.public_key(),
+            challenge: "c1".into(),
+            proof: proof.clone(),
+            name: "lab".into(),
+            endpoints: EndpointReport::default(),
+        };
+        assert!(verify_enroll_proof(&server, "c1", &req));
+        // Another challenge key, id, name, setup key or public key: no.
+        assert!(!verify_enroll_proof(
+            &PrivateKey::from_random([3; 32]),
+            "c1",
+            &req
+        ));
+        assert!(!verify_enroll_proof(&server, "c2", &req));
+        for change in [
+            |r: &mut EnrollRequest| r.name = "lax".into(),
+            |r: &mut EnrollRequest| r.setup_key = "wgs_other".into(),
+            |r: &mut EnrollRequest| r.public_key = PrivateKey::from_random([4; 32]).public_key(),
+            |r: &mut EnrollRequest| r.proof = "not base64!".into(),
+            |r: &mut EnrollRequest| r.proof = String::new(),
+        ] {
+            let mut r = req.clone();
+            change(&mut r);
+            assert!(!verify_enroll_proof(&server, "c1", &r), "{r:?}");
+        }
+        // A low-order challenge key gives no proof.
+        let weak = EnrollChallenge {
+            id: "c".into(),
+            server_key: PublicKey::from_bytes([0; 32]),
+        };
+        assert_eq!(enroll_proof(&node, &weak, "k", "n"), None);
     }
 }

@@ -6,6 +6,7 @@
 //! applied one at a time in commit order and the world never runs ahead
 //! of, or behind, the database.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,10 +15,11 @@ use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 use wgmesh_core::control::{
-    self, AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollRequest,
-    EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers, SetupKeyCreated,
-    SetupKeyInfo, Topology, UpdateNode,
+    self, AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollChallenge,
+    EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers,
+    SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
 };
+use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::policy::Policy;
 use wgmesh_core::netmap::{MapUpdate, NetworkMap};
 
@@ -41,6 +43,12 @@ pub enum ServiceError {
     /// A setup key that does not exist, is revoked, expired or used up.
     #[error("{0}")]
     SetupKeyRefused(&'static str),
+    /// The enrolment did not prove it holds the key it enrols.
+    #[error("{0}")]
+    ProofRefused(&'static str),
+    /// Too many enrolment challenges pending; try again shortly.
+    #[error("too many enrolments at once; try again shortly")]
+    Busy,
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("randomness unavailable: {0}")]
@@ -103,7 +111,14 @@ pub struct Service {
     world: Mutex<World>,
     pub metrics: Metrics,
     config: ServiceConfig,
+    /// Pending enrolment challenges: id → (the challenge's private key,
+    /// when it was made). Each answers one enrolment.
+    challenges: std::sync::Mutex<HashMap<String, (PrivateKey, std::time::Instant)>>,
 }
+
+/// Most enrolment challenges pending at once (each is 32 bytes and lives
+/// a minute).
+const MAX_CHALLENGES: usize = 100_000;
 
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("invariant: control types serialise to JSON")
@@ -287,6 +302,7 @@ impl Service {
             world: Mutex::new(world),
             metrics,
             config,
+            challenges: std::sync::Mutex::default(),
         }))
     }
 
@@ -780,6 +796,48 @@ impl Service {
         result
     }
 
+    /// A challenge an enrolment must answer ([`control::enroll_proof`]).
+    pub fn enroll_challenge(&self) -> Result<EnrollChallenge, ServiceError> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(ServiceError::Random)?;
+        let key = PrivateKey::from_random(bytes);
+        getrandom::fill(&mut bytes[..16]).map_err(ServiceError::Random)?;
+        let id: String = bytes[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let challenge = EnrollChallenge {
+            id: id.clone(),
+            server_key: key.public_key(),
+        };
+        let mut pending = self.challenges.lock().unwrap_or_else(|p| p.into_inner());
+        let ttl = std::time::Duration::from_secs(control::ENROLL_CHALLENGE_SECS);
+        pending.retain(|_, (_, at)| at.elapsed() < ttl);
+        if pending.len() >= MAX_CHALLENGES {
+            return Err(ServiceError::Busy);
+        }
+        pending.insert(id, (key, std::time::Instant::now()));
+        Ok(challenge)
+    }
+
+    /// Takes the request's challenge (once) and checks its proof.
+    fn check_proof(&self, req: &EnrollRequest) -> Result<(), ServiceError> {
+        let taken = self
+            .challenges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req.challenge);
+        let ttl = std::time::Duration::from_secs(control::ENROLL_CHALLENGE_SECS);
+        let Some((key, _)) = taken.filter(|(_, at)| at.elapsed() < ttl) else {
+            return Err(ServiceError::ProofRefused(
+                "unknown, used or expired enrolment challenge",
+            ));
+        };
+        if !control::verify_enroll_proof(&key, &req.challenge, req) {
+            return Err(ServiceError::ProofRefused(
+                "the proof does not show the private key of this public key",
+            ));
+        }
+        Ok(())
+    }
+
     async fn enroll_inner(&self, req: EnrollRequest) -> Result<EnrollResponse, ServiceError> {
         if !valid_name(&req.name) {
             return Err(ServiceError::BadRequest(format!(
@@ -787,6 +845,7 @@ impl Service {
                 req.name
             )));
         }
+        self.check_proof(&req)?;
         let mut world = self.world.lock().await;
         let now = unix_secs();
         let key = world

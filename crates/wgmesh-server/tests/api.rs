@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use support::{TestDb, backends, call, service};
+use wgmesh_core::control::{EnrollChallenge, enroll_proof};
 use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::MapUpdate;
 use wgmesh_server::api::{Access, ROUTES};
@@ -29,13 +30,37 @@ struct Fixture {
     b: (i64, String, String),
 }
 
-async fn enroll(svc: &Arc<Service>, setup_key: &str, name: &str, key: &str) -> (StatusCode, Value) {
+fn new_node_key() -> PrivateKey {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).unwrap();
+    PrivateKey::from_random(b)
+}
+
+/// A challenge, as an agent asks for one before enrolling.
+async fn challenge(svc: &Arc<Service>) -> EnrollChallenge {
+    let (s, v) = call(svc, "POST", "/api/v1/enroll/challenge", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    serde_json::from_value(v).unwrap()
+}
+
+/// Enrols `key` as an agent does: a challenge, then the proof with it.
+async fn enroll(
+    svc: &Arc<Service>,
+    setup_key: &str,
+    name: &str,
+    key: &PrivateKey,
+) -> (StatusCode, Value) {
+    let ch = challenge(svc).await;
+    let proof = enroll_proof(key, &ch, setup_key, name).unwrap();
     call(
         svc,
         "POST",
         "/api/v1/enroll",
         None,
-        Some(json!({ "setup_key": setup_key, "public_key": key, "name": name })),
+        Some(
+            json!({ "setup_key": setup_key, "public_key": key.public_key(), "name": name,
+                     "challenge": ch.id, "proof": proof }),
+        ),
     )
     .await
 }
@@ -67,13 +92,13 @@ async fn fixture(db: &TestDb) -> Fixture {
     let setup_key = v["key"].as_str().unwrap().to_owned();
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
-        let key = new_key();
+        let key = new_node_key();
         let (s, v) = enroll(&svc, &setup_key, name, &key).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         nodes.push((
             v["node"]["id"].as_i64().unwrap(),
             v["credential"].as_str().unwrap().to_owned(),
-            key,
+            key.public_key().to_string(),
         ));
     }
     let b = nodes.pop().unwrap();
@@ -196,7 +221,7 @@ async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
         assert!(ROUTES.iter().any(|r| r.access == Access::Relay));
         assert_eq!(checked, protected * 7);
         // A refused enrolment (unknown setup key) is refused too.
-        let (s, _) = enroll(&f.svc, "wgs_nope", "evil", &key).await;
+        let (s, _) = enroll(&f.svc, "wgs_nope", "evil", &new_node_key()).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert_eq!(state(&f).await, before, "a refused call changed something");
 
@@ -293,10 +318,10 @@ async fn setup_keys_past_expiry_or_usage_limit_are_refused_and_change_nothing() 
         .await;
         assert_eq!(s, StatusCode::OK);
 
-        let k1 = new_key();
+        let k1 = new_node_key();
         assert_eq!(enroll(&f.svc, &limited, "l1", &k1).await.0, StatusCode::OK);
         assert_eq!(
-            enroll(&f.svc, &limited, "l2", &new_key()).await.0,
+            enroll(&f.svc, &limited, "l2", &new_node_key()).await.0,
             StatusCode::OK
         );
         // Re-enrolling the same key is idempotent: same node, same address,
@@ -305,12 +330,12 @@ async fn setup_keys_past_expiry_or_usage_limit_are_refused_and_change_nothing() 
         assert_eq!(s, StatusCode::OK, "{again}");
         assert_eq!(again["node"]["address"], "100.64.0.3");
         assert_eq!(
-            enroll(&f.svc, &once, "o1", &new_key()).await.0,
+            enroll(&f.svc, &once, "o1", &new_node_key()).await.0,
             StatusCode::OK
         );
 
         let before = state(&f).await;
-        let (s, v) = enroll(&f.svc, &limited, "l3", &new_key()).await;
+        let (s, v) = enroll(&f.svc, &limited, "l3", &new_node_key()).await;
         assert_eq!(
             (s, v["error"].as_str()),
             (StatusCode::FORBIDDEN, Some("setup_key_refused"))
@@ -319,15 +344,15 @@ async fn setup_keys_past_expiry_or_usage_limit_are_refused_and_change_nothing() 
             v["message"].as_str().unwrap().contains("usage limit"),
             "{v}"
         );
-        let (s, v) = enroll(&f.svc, &once, "o2", &new_key()).await;
+        let (s, v) = enroll(&f.svc, &once, "o2", &new_node_key()).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-        let (s, v) = enroll(&f.svc, &revoked, "r1", &new_key()).await;
+        let (s, v) = enroll(&f.svc, &revoked, "r1", &new_node_key()).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
         assert!(v["message"].as_str().unwrap().contains("revoked"));
         // Wait (poll, no fixed sleep) for the 1 s key to expire.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let (s, v) = enroll(&f.svc, &expiring, "e1", &new_key()).await;
+            let (s, v) = enroll(&f.svc, &expiring, "e1", &new_node_key()).await;
             if s == StatusCode::FORBIDDEN {
                 assert!(v["message"].as_str().unwrap().contains("expired"), "{v}");
                 break;
@@ -379,12 +404,12 @@ async fn addresses_of_removed_nodes_wait_out_the_grace_period() {
             None,
         )
         .await;
-        let (_, v) = enroll(&f.svc, &f.setup_key, "c", &new_key()).await;
+        let (_, v) = enroll(&f.svc, &f.setup_key, "c", &new_node_key()).await;
         assert_eq!(v["node"]["address"], "100.64.0.3");
         // A server with no grace period reuses it at once.
         drop(f.svc);
         let svc = service(&db, ServiceConfig { address_grace: 0 }).await;
-        let (_, v) = enroll(&svc, &f.setup_key, "d", &new_key()).await;
+        let (_, v) = enroll(&svc, &f.setup_key, "d", &new_node_key()).await;
         assert_eq!(v["node"]["address"], "100.64.0.1");
     }
 }
@@ -417,7 +442,7 @@ async fn changes_reach_connected_nodes_as_deltas_within_a_second() {
         };
 
         // A new node appears in a's map.
-        let (_, c) = enroll(&f.svc, &f.setup_key, "c", &new_key()).await;
+        let (_, c) = enroll(&f.svc, &f.setup_key, "c", &new_node_key()).await;
         let u = next(&mut rx).await;
         assert!(
             matches!(&u, MapUpdate::Delta(d) if d.upsert.len() == 1 && d.upsert[0].name == "c"),
@@ -536,7 +561,7 @@ async fn a_restarted_server_resumes_with_its_state() {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(m["default_action"], "deny");
         assert_eq!(
-            enroll(&g.svc, &g.setup_key, "c", &new_key()).await.0,
+            enroll(&g.svc, &g.setup_key, "c", &new_node_key()).await.0,
             StatusCode::OK
         );
         // The audit log holds every change, each with its actor.
@@ -655,7 +680,7 @@ async fn bad_requests_get_clear_errors() {
         );
     }
     // Same name, other key: refused.
-    let (s, v) = enroll(&f.svc, &f.setup_key, "a", &new_key()).await;
+    let (s, v) = enroll(&f.svc, &f.setup_key, "a", &new_node_key()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     // A second relay with a taken name or key: refused.
     let key = new_key();
@@ -700,7 +725,7 @@ async fn relays_reach_every_map_serve_members_and_are_revoked_on_delete() {
         let f = fixture(&db).await;
         // c is the primary hub: a and b (both behind NAT: no endpoints)
         // reach each other through it while there is no relay.
-        let (_, c) = enroll(&f.svc, &f.setup_key, "c", &new_key()).await;
+        let (_, c) = enroll(&f.svc, &f.setup_key, "c", &new_node_key()).await;
         let c_id = c["node"]["id"].as_i64().unwrap();
         let c_key = c["node"]["public_key"].as_str().unwrap().to_owned();
         let (s, _) = call(
@@ -846,5 +871,87 @@ async fn relays_reach_every_map_serve_members_and_are_revoked_on_delete() {
                 .iter()
                 .all(|e| e["actor"].as_str().unwrap().starts_with("admin:"))
         );
+    }
+}
+
+/// Enrolling needs the private key: someone with a valid setup key and a
+/// node's public key (every peer's map lists it) cannot re-enrol that node
+/// and take its credential; a challenge answers one enrolment only.
+#[tokio::test]
+async fn enrolment_proves_possession_of_the_key() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        let before = state(&f).await;
+        let victim: wgmesh_core::key::PublicKey = f.a.2.parse().unwrap();
+        let attacker = new_node_key();
+        let body = |ch: &EnrollChallenge, proof: String| {
+            json!({ "setup_key": f.setup_key, "public_key": victim, "name": "a",
+                    "challenge": ch.id, "proof": proof })
+        };
+        // A proof made with the attacker's own key, for the victim's.
+        let ch = challenge(&f.svc).await;
+        let forged = enroll_proof(&attacker, &ch, &f.setup_key, "a").unwrap();
+        let (s, v) = call(
+            &f.svc,
+            "POST",
+            "/api/v1/enroll",
+            None,
+            Some(body(&ch, forged)),
+        )
+        .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::FORBIDDEN, Some("proof_refused")),
+            "{v}"
+        );
+        // A made-up challenge id, and a used one.
+        let (s, _) = call(
+            &f.svc,
+            "POST",
+            "/api/v1/enroll",
+            None,
+            Some(body(
+                &EnrollChallenge {
+                    id: "00".repeat(16),
+                    server_key: victim,
+                },
+                "AAAA".into(),
+            )),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = call(
+            &f.svc,
+            "POST",
+            "/api/v1/enroll",
+            None,
+            Some(body(&ch, "AAAA".into())),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "a challenge answers once");
+        // A proof for other parameters (another name) does not carry over.
+        let mine = new_node_key();
+        let ch = challenge(&f.svc).await;
+        let proof = enroll_proof(&mine, &ch, &f.setup_key, "other-name").unwrap();
+        let req = json!({ "setup_key": f.setup_key, "public_key": mine.public_key(), "name": "mine",
+                          "challenge": ch.id, "proof": proof });
+        let (s, _) = call(&f.svc, "POST", "/api/v1/enroll", None, Some(req)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // Nothing changed, and the victim's credential still works.
+        assert_eq!(state(&f).await, before);
+        let (s, m) = call(&f.svc, "GET", "/api/v1/node/map", Some(&f.a.1), None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(m["node"]["name"], "a");
+        // A missing proof is a clear 400.
+        let (s, v) = call(
+            &f.svc,
+            "POST",
+            "/api/v1/enroll",
+            None,
+            Some(json!({ "setup_key": f.setup_key, "public_key": victim, "name": "a" })),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("challenge"), "{v}");
     }
 }

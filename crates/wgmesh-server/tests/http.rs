@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
+use wgmesh_core::control::{EnrollChallenge, enroll_proof};
 use wgmesh_core::key::PrivateKey;
 use wgmesh_proto::stun;
 use wgmesh_server::serve::{self, ServerConfig, Transport};
@@ -108,10 +109,19 @@ fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn new_key() -> String {
+fn new_key() -> PrivateKey {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).unwrap();
-    PrivateKey::from_bytes(b).public_key().to_string()
+    PrivateKey::from_random(b)
+}
+
+/// An enrolment body as an agent makes it, answering `challenge`.
+fn enrol_body(challenge: &Value, setup_key: &str, name: &str) -> Value {
+    let key = new_key();
+    let ch: EnrollChallenge = serde_json::from_value(challenge.clone()).unwrap();
+    let proof = enroll_proof(&key, &ch, setup_key, name).unwrap();
+    json!({ "setup_key": setup_key, "public_key": key.public_key(), "name": name,
+            "challenge": ch.id, "proof": proof })
 }
 
 #[tokio::test]
@@ -167,12 +177,8 @@ async fn https_is_verified_against_the_given_ca_and_streams_maps() {
     )
     .await;
     let sk = sk["key"].as_str().unwrap();
-    let a = post(
-        "/api/v1/enroll",
-        None,
-        json!({ "setup_key": sk, "public_key": new_key(), "name": "a" }),
-    )
-    .await;
+    let ch = post("/api/v1/enroll/challenge", None, Value::Null).await;
+    let a = post("/api/v1/enroll", None, enrol_body(&ch, sk, "a")).await;
     let cred = a["credential"].as_str().unwrap();
 
     // The stream: `event: map` with a full map first …
@@ -209,12 +215,8 @@ async fn https_is_verified_against_the_given_ca_and_streams_maps() {
     assert_eq!(first["type"], "full");
     assert_eq!(first["node"]["name"], "a");
     // … then a delta when another node joins.
-    post(
-        "/api/v1/enroll",
-        None,
-        json!({ "setup_key": sk, "public_key": new_key(), "name": "b" }),
-    )
-    .await;
+    let ch = post("/api/v1/enroll/challenge", None, Value::Null).await;
+    post("/api/v1/enroll", None, enrol_body(&ch, sk, "b")).await;
     let delta = next_event().await;
     assert_eq!(delta["type"], "delta", "{delta}");
     assert_eq!(delta["upsert"][0]["name"], "b");

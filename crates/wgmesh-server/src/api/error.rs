@@ -67,6 +67,14 @@ impl IntoResponse for ApiError {
                     format!("{what} not found"),
                 ),
                 ServiceError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+                ServiceError::ProofRefused(why) => {
+                    (StatusCode::FORBIDDEN, "proof_refused", why.to_owned())
+                }
+                ServiceError::Busy => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    "too many enrolments at once; try again shortly".to_owned(),
+                ),
                 ServiceError::SetupKeyRefused(why) => {
                     (StatusCode::FORBIDDEN, "setup_key_refused", why.to_owned())
                 }

@@ -23,9 +23,9 @@ use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
 use wgmesh_core::control::{
-    AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollRequest,
-    EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers, SetupKeyCreated,
-    SetupKeyInfo, UpdateNode,
+    AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollChallenge,
+    EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers,
+    SetupKeyCreated, SetupKeyInfo, UpdateNode,
 };
 use wgmesh_core::netmap::NetworkMap;
 use wgmesh_core::netmap::policy::Policy;
@@ -85,6 +85,14 @@ pub const ROUTES: &[RouteDoc] = &[
         "This document.",
         None,
         None,
+    ),
+    r(
+        "POST",
+        "/api/v1/enroll/challenge",
+        P,
+        "A one-use challenge an enrolment answers to prove it holds its key.",
+        None,
+        Some("EnrollChallenge"),
     ),
     r(
         "POST",
@@ -270,6 +278,7 @@ pub const ROUTES: &[RouteDoc] = &[
 pub fn app(svc: Arc<Service>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi_doc))
+        .route("/api/v1/enroll/challenge", post(enroll_challenge))
         .route("/api/v1/enroll", post(enroll))
         .route("/api/v1/node/map", get(node_map))
         .route("/api/v1/node/map/stream", get(node_map_stream))
@@ -321,6 +330,10 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 async fn openapi_doc() -> Json<serde_json::Value> {
     Json(openapi::document())
+}
+
+async fn enroll_challenge(State(svc): State<Arc<Service>>) -> ApiResult<EnrollChallenge> {
+    Ok(Json(svc.enroll_challenge()?))
 }
 
 async fn enroll(
