@@ -5,6 +5,9 @@
 //! routers between them, link impairment, and the processes started inside
 //! hosts. Dropping the `Lab` (also while a test panics) removes all of it.
 //!
+//! For tests of HTTPS and WebSocket/TLS it also makes a private CA
+//! ([`test_ca`]).
+//!
 //! It does not own what runs over the network: WireGuard configs come from
 //! wgmesh-core's planner, and [`wgnode`] brings one up on wireguard-go.
 //!
@@ -21,6 +24,7 @@ pub mod nat;
 pub mod netns;
 pub mod process;
 pub mod state;
+pub mod test_ca;
 pub mod topology;
 pub mod wgnode;
 

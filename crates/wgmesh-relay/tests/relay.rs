@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
@@ -19,85 +18,6 @@ use wgmesh_relay::serve::{self, MembersSource, RelayServerConfig, Running, Stats
 use wgmesh_relay::{RelayClient, RelayClientError};
 
 const DEADLINE: Duration = Duration::from_secs(5);
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem).
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=wgmesh-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ];
-    ca.extend(ec);
-    openssl(&ca, dir);
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "leaf.csr",
-    ];
-    csr.extend(ec);
-    openssl(&csr, dir);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ],
-        dir,
-    );
-    (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    )
-}
 
 fn new_key() -> PrivateKey {
     let mut b = [0u8; 32];
@@ -131,7 +51,8 @@ struct Relay {
 impl Relay {
     async fn start(members: &[&PrivateKey], rate_limit: Option<RateLimit>, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, cert, key) = certificates(dir.path());
+        let wgmesh_lab::test_ca::TestCa { ca, cert, key } =
+            wgmesh_lab::test_ca::make(dir.path(), &["127.0.0.1".parse().unwrap()]).unwrap();
         let members_file = dir.path().join("members");
         write_members(&members_file, members);
         let running = serve::start(RelayServerConfig {

@@ -6,8 +6,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -29,86 +27,6 @@ fn config(url: &str, transport: Transport) -> ServerConfig {
     }
 }
 
-fn openssl(args: &[&str], dir: &std::path::Path) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, made with
-/// openssl(1): (ca.pem, cert.pem, key.pem).
-fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=wgmesh-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ];
-    ca.extend(ec);
-    openssl(&ca, dir);
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "leaf.csr",
-    ];
-    csr.extend(ec);
-    openssl(&csr, dir);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ],
-        dir,
-    );
-    (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    )
-}
-
 fn new_key() -> PrivateKey {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).unwrap();
@@ -128,7 +46,8 @@ fn enrol_body(challenge: &Value, setup_key: &str, name: &str) -> Value {
 async fn https_is_verified_against_the_given_ca_and_streams_maps() {
     let db = support::sqlite();
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let wgmesh_lab::test_ca::TestCa { ca, cert, key } =
+        wgmesh_lab::test_ca::make(dir.path(), &["127.0.0.1".parse().unwrap()]).unwrap();
     let running = serve::start(config(db.url(), Transport::Tls { cert, key }))
         .await
         .unwrap();

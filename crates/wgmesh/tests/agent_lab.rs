@@ -25,7 +25,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use support::lab_ready;
-use wgmesh_lab::{Hairpin, Lab, NatKind};
+use wgmesh_lab::{Hairpin, Lab, NatKind, test_ca};
 
 const WGMESH: &str = env!("CARGO_BIN_EXE_wgmesh");
 const SERVER_ADDR: &str = "203.0.113.10";
@@ -146,6 +146,17 @@ struct Tls {
     key: String,
 }
 
+impl From<test_ca::TestCa> for Tls {
+    fn from(t: test_ca::TestCa) -> Self {
+        let s = |p: PathBuf| p.to_string_lossy().into_owned();
+        Tls {
+            ca: s(t.ca),
+            cert: s(t.cert),
+            key: s(t.key),
+        }
+    }
+}
+
 impl Ctl {
     fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
@@ -157,74 +168,6 @@ impl Ctl {
             Some(t) => vec!["--ca-file", &t.ca],
             None => Vec::new(),
         }
-    }
-}
-
-fn openssl(args: &[&str], dir: &Path) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, and a certificate it signed for the server's address (and
-/// 127.0.0.1, for the admin CLI in nyc), made with openssl(1).
-fn certificates(dir: &Path) -> Tls {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=wgmesh-lab-ca"];
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    ca.extend(ec);
-    openssl(&ca, dir);
-    let mut csr = vec![
-        "req", "-subj", "/CN=nyc", "-keyout", "key.pem", "-out", "leaf.csr",
-    ];
-    csr.extend(ec);
-    openssl(&csr, dir);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        format!(
-            "subjectAltName=IP:{SERVER_ADDR},IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             extendedKeyUsage=serverAuth\n"
-        ),
-    )
-    .expect("write leaf.ext");
-    openssl(
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "cert.pem",
-        ],
-        dir,
-    );
-    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    Tls {
-        ca: path("ca.pem"),
-        cert: path("cert.pem"),
-        key: path("key.pem"),
     }
 }
 
@@ -634,7 +577,17 @@ fn hub_forwards_between_spokes() {
     let ctl = Ctl {
         token: init_server(&lab, &sqlite_url(&lab)),
         database: sqlite_url(&lab),
-        tls: Some(certificates(lab.log_dir())),
+        // The server's address, and 127.0.0.1 for the admin CLI in nyc.
+        tls: Some(Tls::from(
+            test_ca::make(
+                lab.log_dir(),
+                &[
+                    SERVER_ADDR.parse().expect("ip"),
+                    "127.0.0.1".parse().expect("ip"),
+                ],
+            )
+            .expect("a test CA"),
+        )),
     };
     start_server(&mut lab, "server", &ctl);
     // Without --ca-file, the system's roots alone: refused.
