@@ -13,10 +13,11 @@
 //! the flood. The interop harness proper (both directions, transfers,
 //! roaming) is engine_interop.rs.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,16 +68,8 @@ fn random_key() -> PrivateKey {
 }
 
 fn write_conf(lab: &Lab, name: &str, text: &str) -> PathBuf {
-    use std::io::Write as _;
     let path = lab.log_dir().join(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .expect("write conf");
-    f.write_all(text.as_bytes()).expect("write conf");
+    support::write_secret(&path, text);
     path
 }
 
@@ -148,24 +141,7 @@ fn setup(test: &str) -> Option<Setup> {
 /// `wgmesh wg up --foreground` in host a, waited for until its PID file
 /// says it is up.
 fn start_wgmesh(lab: &mut Lab, conf: &Path, iface: &str) {
-    let conf = conf.to_string_lossy().into_owned();
-    lab.spawn(
-        "a",
-        WG_LABEL,
-        &[WGMESH, "wg", "up", &conf, "--name", iface, "--foreground"],
-    )
-    .expect("spawn wgmesh");
-    let pid_file = PathBuf::from(format!("/run/wgmesh/{iface}.pid"));
-    let deadline = Instant::now() + UP_TIMEOUT;
-    while !pid_file.exists() {
-        assert_running(lab);
-        assert!(
-            Instant::now() < deadline,
-            "wgmesh not up after {UP_TIMEOUT:?}:\n{}",
-            lab.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wgmesh_wg_up(lab, "a", WG_LABEL, conf, iface, &[], UP_TIMEOUT);
 }
 
 /// wgmesh is still serving: bad input must never take it down.

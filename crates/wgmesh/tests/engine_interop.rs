@@ -5,9 +5,10 @@
 //! Every test builds its own lab; interface names come from the lab id, so
 //! tests run in parallel without clashing in /var/run/wireguard.
 
+mod support;
+
 use std::io::Read as _;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -98,16 +99,8 @@ fn conf_b(keys: &Keys, initiator: Initiator) -> String {
 
 /// Writes a secret file (0600) into the lab's log directory.
 fn write_conf(lab: &Lab, name: &str, text: &str) -> PathBuf {
-    use std::io::Write as _;
     let path = lab.log_dir().join(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .expect("write conf");
-    f.write_all(text.as_bytes()).expect("write conf");
+    support::write_secret(&path, text);
     path
 }
 
@@ -126,39 +119,10 @@ fn start_wgmesh(lab: &mut Lab, host: &str, conf: &Path, iface: &str) {
 }
 
 /// [`start_wgmesh`] with extra environment variables (`NAME=value`) for
-/// wgmesh alone, passed through env(1): setting them in the test process
-/// would reach every test running in parallel.
+/// wgmesh alone.
 fn start_wgmesh_with_env(lab: &mut Lab, host: &str, conf: &Path, iface: &str, env: &[&str]) {
-    let conf = conf.to_string_lossy().into_owned();
-    let mut args: Vec<&str> = Vec::new();
-    if !env.is_empty() {
-        args.push("env");
-        args.extend_from_slice(env);
-    }
-    args.extend_from_slice(&[WGMESH, "wg", "up", &conf, "--name", iface, "--foreground"]);
-    lab.spawn(host, WG_LABEL, &args).expect("spawn wgmesh");
-    let deadline = Instant::now() + UP_TIMEOUT;
-    loop {
-        if pid_file(iface).exists() {
-            return;
-        }
-        let proc = lab
-            .processes()
-            .iter_mut()
-            .find(|p| p.label() == WG_LABEL)
-            .expect("spawned");
-        if let Some(status) = proc.exited() {
-            panic!("wgmesh exited ({status}):\n{}", proc.log_text());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wgmesh not up after {UP_TIMEOUT:?}:\n{}",
-            lab.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wgmesh_wg_up(lab, host, WG_LABEL, conf, iface, env, UP_TIMEOUT);
 }
-
 /// Two public hosts: wgmesh on a, wireguard-go on b.
 struct Pair {
     lab: Lab,

@@ -280,3 +280,62 @@ impl Drop for WireguardGo<'_> {
         }
     }
 }
+
+/// Writes `text` to `path` with mode 0600: a wg-quick file holds a private
+/// key.
+pub fn write_secret(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    f.write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Starts `wgmesh wg up CONF --name IFACE --foreground` in `host` under
+/// `label` (with `env`, `NAME=value` pairs passed through env(1), so they
+/// reach this wgmesh alone and not every test running in parallel), and
+/// waits until its PID file says it is up; panics with the logs if it exits
+/// first or takes longer than `timeout`.
+pub fn wgmesh_wg_up(
+    lab: &mut wgmesh_lab::Lab,
+    host: &str,
+    label: &str,
+    conf: &Path,
+    iface: &str,
+    env: &[&str],
+    timeout: Duration,
+) {
+    let conf = conf.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = Vec::new();
+    if !env.is_empty() {
+        args.push("env");
+        args.extend_from_slice(env);
+    }
+    let wgmesh = env!("CARGO_BIN_EXE_wgmesh");
+    args.extend_from_slice(&[wgmesh, "wg", "up", &conf, "--name", iface, "--foreground"]);
+    lab.spawn(host, label, &args).expect("spawn wgmesh");
+    let pid_file = PathBuf::from(format!("/run/wgmesh/{iface}.pid"));
+    let deadline = Instant::now() + timeout;
+    while !pid_file.exists() {
+        let proc = lab
+            .processes()
+            .iter_mut()
+            .find(|p| p.label() == label)
+            .expect("spawned above");
+        if let Some(status) = proc.exited() {
+            panic!("wgmesh exited ({status}):\n{}", proc.log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wgmesh not up after {timeout:?}:\n{}",
+            lab.logs()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
