@@ -393,6 +393,14 @@ pub struct ApiErrorBody {
     pub error: String,
     /// For a person.
     pub message: String,
+    /// The request field a `bad_request` or `conflict` is about, where
+    /// there is one (e.g. `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Set on `internal` (500) and `unavailable` (503) errors: the same
+    /// ID is in the server's log line with the cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[cfg(test)]

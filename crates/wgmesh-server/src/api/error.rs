@@ -91,6 +91,8 @@ impl IntoResponse for ApiError {
         let body = ApiErrorBody {
             error: code.to_owned(),
             message,
+            field: None,
+            request_id: None,
         };
         (status, Json(body)).into_response()
     }
