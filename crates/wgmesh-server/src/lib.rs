@@ -14,6 +14,7 @@
 pub mod api;
 pub mod clock;
 pub mod db;
+pub mod lock;
 pub mod metrics;
 pub mod migrations;
 pub mod secrets;

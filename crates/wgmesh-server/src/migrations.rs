@@ -120,19 +120,39 @@ fn id_column(backend: Backend) -> &'static str {
     }
 }
 
+/// The newest migration applied; 0 for a database wgmesh never set up.
+pub async fn applied(db: &Db) -> Result<i64, DbError> {
+    let exists = match db.backend {
+        Backend::Sqlite => {
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        }
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
+        }
+    };
+    let n: i64 = sqlx::query(exists)
+        .fetch_one(&db.pool)
+        .await?
+        .try_get("n")?;
+    if n == 0 {
+        return Ok(0);
+    }
+    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(row.try_get("v")?)
+}
+
 /// Applies what is missing.
 pub async fn run(db: &Db) -> Result<(), DbError> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )
     .execute(&mut *tx)
     .await?;
-    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
-        .fetch_one(&mut *tx)
-        .await?;
-    let current: i64 = row.try_get("v")?;
-    tx.commit().await?;
+    tx.commit(db).await?;
+    let current = applied(db).await?;
     let known = MIGRATIONS.last().map_or(0, |m| m.version);
     if current > known {
         return Err(DbError::SchemaTooNew {
@@ -146,7 +166,7 @@ pub async fn run(db: &Db) -> Result<(), DbError> {
             Backend::Postgres => m.postgres,
         }
         .replace("{ID}", id_column(db.backend));
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         for statement in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
@@ -155,7 +175,7 @@ pub async fn run(db: &Db) -> Result<(), DbError> {
             .bind(crate::clock::unix_secs())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        tx.commit(db).await?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use tokio::net::UdpSocket;
 
 use crate::db::Db;
+use crate::lock::DbLock;
 use crate::service::{Actor, Service, ServiceConfig};
 
 /// How the HTTP side is served.
@@ -30,11 +31,43 @@ pub struct ServerConfig {
     pub service: ServiceConfig,
 }
 
-/// `wgmesh server init`: creates the database (or brings its schema up
-/// to date) and a first admin token, returned for printing once.
-pub async fn init(database: &str) -> anyhow::Result<String> {
-    let db = Db::open(database).await?;
+/// Takes the SQLite database's lock ([`DbLock`]); `None` for PostgreSQL.
+/// `init` makes a missing directory (0700) first.
+fn lock(database: &str, holder: &str, init: bool) -> anyhow::Result<Option<DbLock>> {
+    let Some(path) = crate::db::sqlite_path(database)? else {
+        return Ok(None);
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            if !init {
+                return Err(crate::db::DbError::NoDirectory(dir.to_owned()).into());
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating the directory {}", dir.display()))?;
+        }
+    }
+    Ok(Some(DbLock::acquire(&path, holder)?))
+}
+
+/// `wgmesh server init`: creates the database (a SQLite file 0600 in a
+/// 0700 directory), or brings its schema up to date, and makes an admin
+/// token, returned for printing once. A database that has an admin token
+/// already is refused unless `force` (which adds another: the way back
+/// in after losing every token).
+pub async fn init(database: &str, force: bool) -> anyhow::Result<String> {
+    let _lock = lock(database, "running `wgmesh server init`", true)?;
+    let db = Db::create(database).await?;
     let svc = Service::load(db, ServiceConfig::default()).await?;
+    let tokens = svc.world().await.admin_tokens.len();
+    if tokens > 0 && !force {
+        bail!(
+            "the database already has {tokens} admin token(s); `wgmesh server init --force` adds another"
+        );
+    }
     let token = svc
         .create_admin_token(&Actor::Console, "initial")
         .await
@@ -49,6 +82,8 @@ pub struct Running {
     pub stun: Option<SocketAddr>,
     pub service: Arc<Service>,
     handle: axum_server::Handle,
+    /// Held until the process ends (SQLite only).
+    _lock: Option<DbLock>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     stun_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -71,6 +106,13 @@ impl Running {
 /// Opens the database, binds the sockets (port 0 picks one) and starts
 /// serving in the background.
 pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
+    // Before anything else: a second server on the same file must be
+    // told so, not fail later on a busy port or split the data.
+    let mut lock = lock(
+        &config.database,
+        &format!("`wgmesh server --listen {}` starting", config.listen),
+        false,
+    )?;
     let db = Db::open(&config.database).await?;
     let svc = Service::load(db, config.service.clone()).await?;
     let (stun, stun_task) = match config.stun_listen {
@@ -89,6 +131,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("binding the API to TCP {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let http = listener.local_addr()?;
+    if let Some(lock) = &mut lock {
+        lock.describe(&format!("`wgmesh server` listening on {http}"))?;
+    }
     let app = crate::api::app(svc.clone()).into_make_service();
     let handle = axum_server::Handle::new();
     let http_task = match &config.transport {
@@ -119,6 +164,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
         stun,
         service: svc,
         handle,
+        _lock: lock,
         http_task,
         stun_task,
     })

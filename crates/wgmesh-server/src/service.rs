@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 use wgmesh_core::control::{
     self, AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollChallenge,
@@ -24,7 +24,7 @@ use wgmesh_core::netmap::policy::Policy;
 use wgmesh_core::netmap::{MapUpdate, NetworkMap};
 
 use crate::clock::{unix_millis, unix_secs};
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, Fault, WriteTx};
 use crate::metrics::Metrics;
 use crate::secrets;
 use crate::world::{AdminToken, Network, Node, Relay, SetupKey, World};
@@ -38,8 +38,12 @@ pub enum ServiceError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
+    /// A uniqueness clash; `field` names the request field where known.
+    #[error("{message}")]
+    Conflict {
+        field: Option<String>,
+        message: String,
+    },
     /// A setup key that does not exist, is revoked, expired or used up.
     #[error("{0}")]
     SetupKeyRefused(&'static str),
@@ -49,15 +53,54 @@ pub enum ServiceError {
     /// Too many enrolment challenges pending; try again shortly.
     #[error("too many enrolments at once; try again shortly")]
     Busy,
+    /// The database cannot take the request now (disk full, read-only,
+    /// connection lost, busy): 503 until it passes.
+    #[error("{reason}: {source}")]
+    Unavailable {
+        reason: &'static str,
+        source: DbError,
+    },
     #[error(transparent)]
-    Db(#[from] DbError),
+    Db(DbError),
     #[error("randomness unavailable: {0}")]
     Random(getrandom::Error),
 }
 
 impl From<sqlx::Error> for ServiceError {
     fn from(e: sqlx::Error) -> Self {
-        ServiceError::Db(DbError::Sql(e))
+        match crate::db::fault(&e) {
+            Fault::Unavailable(reason) => ServiceError::Unavailable {
+                reason,
+                source: DbError::Sql(e),
+            },
+            Fault::Unique { field } => ServiceError::Conflict {
+                message: match &field {
+                    Some(f) => format!("another record has this {f}"),
+                    None => "another record has these values".to_owned(),
+                },
+                field,
+            },
+            Fault::Other => ServiceError::Db(DbError::Sql(e)),
+        }
+    }
+}
+
+impl From<DbError> for ServiceError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sql(e) => e.into(),
+            other => ServiceError::Db(other),
+        }
+    }
+}
+
+impl ServiceError {
+    /// A uniqueness clash on `field`.
+    fn conflict(field: &str, message: String) -> Self {
+        ServiceError::Conflict {
+            field: Some(field.to_owned()),
+            message,
+        }
     }
 }
 
@@ -130,15 +173,15 @@ fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<
 }
 
 async fn audit(
-    tx: &mut Transaction<'_, Any>,
+    tx: &mut WriteTx,
     actor: &Actor,
     action: &str,
     target: &str,
     before: Option<String>,
     after: Option<String>,
 ) -> Result<(), ServiceError> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, target, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6)",
+    let id: i64 = sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
     .bind(unix_millis())
     .bind(actor.to_string())
@@ -146,8 +189,10 @@ async fn audit(
     .bind(target)
     .bind(before)
     .bind(after)
-    .execute(&mut **tx)
-    .await?;
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    tx.set_audit_id(id);
     Ok(())
 }
 
@@ -321,7 +366,7 @@ impl Service {
         let secret =
             secrets::generate(control::ADMIN_TOKEN_PREFIX).map_err(ServiceError::Random)?;
         let hash = secrets::hash(&secret);
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO admin_tokens (name, token_hash, created_at, revoked) VALUES ($1, $2, $3, 0) RETURNING id",
         )
@@ -340,7 +385,7 @@ impl Service {
             Some(json(&serde_json::json!({ "id": id, "name": name }))),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         world.admin_tokens.insert(
             hash,
             AdminToken {
@@ -409,7 +454,7 @@ impl Service {
         }
         let mut world = self.world.lock().await;
         if world.relays.values().any(|r| r.name == req.name) {
-            return Err(ServiceError::Conflict(format!(
+            return Err(ServiceError::conflict("name", format!(
                 "relay {:?} already exists",
                 req.name
             )));
@@ -419,7 +464,7 @@ impl Service {
             .values()
             .any(|r| r.public_key == req.public_key)
         {
-            return Err(ServiceError::Conflict(format!(
+            return Err(ServiceError::conflict("public_key", format!(
                 "another relay has the key {}",
                 req.public_key
             )));
@@ -435,7 +480,7 @@ impl Service {
             ws_url: req.ws_url,
             created_at: unix_secs(),
         };
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         relay.id = sqlx::query(
             "INSERT INTO relays (name, token_hash, public_key, udp, ws_url, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
@@ -458,7 +503,7 @@ impl Service {
             Some(json(&info)),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         world.relays.insert(relay.id, relay);
         let sent = world.push_full_maps();
         self.metrics.map_pushes(sent);
@@ -482,7 +527,7 @@ impl Service {
             .get(&id)
             .ok_or_else(|| ServiceError::NotFound(format!("relay {id}")))?
             .info();
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM relays WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -496,7 +541,7 @@ impl Service {
             None,
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         world.relays.remove(&id);
         let sent = world.push_full_maps();
         self.metrics.map_pushes(sent);
@@ -543,7 +588,7 @@ impl Service {
         }
         let mut world = self.world.lock().await;
         if world.network_by_name(&req.name).is_some() {
-            return Err(ServiceError::Conflict(format!(
+            return Err(ServiceError::conflict("name", format!(
                 "network {:?} already exists",
                 req.name
             )));
@@ -551,7 +596,7 @@ impl Service {
         let policy = Policy::default();
         let created_at = unix_secs();
         let topology = topology_text(req.topology);
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO networks (name, overlay, topology, policy, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
@@ -581,7 +626,7 @@ impl Service {
             Some(json(&info)),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         world.networks.insert(id, net);
         Ok(info)
     }
@@ -625,7 +670,7 @@ impl Service {
             .network_by_name(network)
             .ok_or_else(|| ServiceError::NotFound(format!("network {network:?}")))?
             .clone();
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("UPDATE networks SET policy = $1 WHERE id = $2")
             .bind(json(&policy))
             .bind(net.id)
@@ -640,7 +685,7 @@ impl Service {
             Some(json(&policy)),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         let before = world.before(net.id, None);
         world
             .networks
@@ -690,7 +735,7 @@ impl Service {
             revoked: false,
             created_at: now,
         };
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         key.id = sqlx::query(
             "INSERT INTO setup_keys (network_id, key_hash, prefix, reusable, expires_at, usage_limit, used, groups_json, hub, via_hub, revoked, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, 0, $10) RETURNING id",
         )
@@ -717,7 +762,7 @@ impl Service {
             Some(json(&info)),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         world.setup_keys.insert(key.id, key);
         Ok(SetupKeyCreated { info, key: secret })
     }
@@ -743,7 +788,7 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("setup key {id}")))?;
         let network = world.networks[&key.network_id].name.clone();
         let before = key.info(&network);
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("UPDATE setup_keys SET revoked = 1 WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -759,7 +804,7 @@ impl Service {
             Some(json(&after)),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         world
             .setup_keys
             .get_mut(&id)
@@ -867,7 +912,7 @@ impl Service {
             .nodes_named(net.id, &req.name)
             .any(|n| Some(n.id) != existing)
         {
-            return Err(ServiceError::Conflict(format!(
+            return Err(ServiceError::conflict("name", format!(
                 "another node of {:?} is named {:?}",
                 net.name, req.name
             )));
@@ -876,7 +921,7 @@ impl Service {
             secrets::generate(control::NODE_CREDENTIAL_PREFIX).map_err(ServiceError::Random)?;
         let credential_hash = secrets::hash(&credential);
         let actor = Actor::SetupKey { id: key.id };
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let (id, before_info) = match existing {
             Some(id) => {
                 let before = world.nodes[&id].info(&net.name);
@@ -894,7 +939,10 @@ impl Service {
             }
             None => {
                 let address = self.allocate(&world, &net).ok_or_else(|| {
-                    ServiceError::Conflict(format!("overlay {} has no free address", net.overlay))
+                    ServiceError::Conflict {
+                        field: None,
+                        message: format!("overlay {} has no free address", net.overlay),
+                    }
                 })?;
                 let id: i64 = sqlx::query(
                     "INSERT INTO nodes (network_id, name, public_key, address, groups_json, hub, via_hub, endpoints_json, credential_hash, last_seen, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL) RETURNING id",
@@ -949,7 +997,7 @@ impl Service {
                     Some(json(&info)),
                 )
                 .await?;
-                tx.commit().await?;
+                tx.commit(&self.db).await?;
                 let before = world.before(net.id, Some(id));
                 world.nodes.insert(id, node);
                 world.released.remove(&(net.id, address));
@@ -973,7 +1021,7 @@ impl Service {
             Some(json(&after)),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         let before = world.before(net.id, Some(id));
         {
             let node = world.nodes.get_mut(&id).expect("invariant: found above");
@@ -1124,7 +1172,7 @@ impl Service {
         let hub = req.hub.unwrap_or(n.hub);
         let via_hub = req.via_hub.unwrap_or(n.via_hub);
         let groups = req.groups.clone().unwrap_or_else(|| n.groups.clone());
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("UPDATE nodes SET hub = $1, via_hub = $2, groups_json = $3 WHERE id = $4")
             .bind(bool_i64(hub))
             .bind(bool_i64(via_hub))
@@ -1145,7 +1193,7 @@ impl Service {
             Some(json(&after)),
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         let before = world.before(network_id, Some(id));
         {
             let n = world.nodes.get_mut(&id).expect("invariant: found above");
@@ -1171,7 +1219,7 @@ impl Service {
         let address = n.address;
         let info = n.info(&world.networks[&network_id].name);
         let now = unix_secs();
-        let mut tx = self.db.pool.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -1198,7 +1246,7 @@ impl Service {
             None,
         )
         .await?;
-        tx.commit().await?;
+        tx.commit(&self.db).await?;
         let before = world.before(network_id, Some(id));
         world.close_streams(id);
         world.nodes.remove(&id);

@@ -48,6 +48,7 @@ async fn https_is_verified_against_the_given_ca_and_streams_maps() {
     let dir = tempfile::tempdir().unwrap();
     let wgmesh_lab::test_ca::TestCa { ca, cert, key } =
         wgmesh_lab::test_ca::make(dir.path(), &["127.0.0.1".parse().unwrap()]).unwrap();
+    support::create_schema(&db).await;
     let running = serve::start(config(db.url(), Transport::Tls { cert, key }))
         .await
         .unwrap();
@@ -172,6 +173,7 @@ async fn plain_http_only_with_the_explicit_flag() {
     assert!(serve::transport(true, Some("c".into()), Some("k".into())).is_err());
     assert!(serve::transport(false, Some("c".into()), None).is_err());
     let db = support::sqlite();
+    support::create_schema(&db).await;
     let running = serve::start(config(
         db.url(),
         serve::transport(true, None, None).unwrap(),

@@ -44,6 +44,10 @@ enum ServerInit {
     Init {
         #[arg(long, value_name = "URL")]
         database: String,
+        /// Add an admin token to a database that has one already (when
+        /// every token is lost).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -55,8 +59,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    if let Some(ServerInit::Init { database }) = args.init {
-        let token = runtime()?.block_on(serve::init(&database))?;
+    if let Some(ServerInit::Init { database, force }) = args.init {
+        let token = runtime()?.block_on(serve::init(&database, force))?;
         println!("database ready: {database}");
         println!("the first admin token follows; it is shown only this once:");
         println!("{token}");

@@ -45,8 +45,23 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// An ID for one failed request, quoted in the reply and in the log line
+/// that holds the cause.
+fn request_id() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        b = N
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut field = None;
+        let mut request = None;
         let (status, code, message) = match self {
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -66,7 +81,10 @@ impl IntoResponse for ApiError {
                     "not_found",
                     format!("{what} not found"),
                 ),
-                ServiceError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+                ServiceError::Conflict { field: f, message } => {
+                    field = f;
+                    (StatusCode::CONFLICT, "conflict", message)
+                }
                 ServiceError::ProofRefused(why) => {
                     (StatusCode::FORBIDDEN, "proof_refused", why.to_owned())
                 }
@@ -78,8 +96,20 @@ impl IntoResponse for ApiError {
                 ServiceError::SetupKeyRefused(why) => {
                     (StatusCode::FORBIDDEN, "setup_key_refused", why.to_owned())
                 }
+                ServiceError::Unavailable { reason, source } => {
+                    let id = request_id();
+                    eprintln!("wgmesh server: request {id}: unavailable: {reason}: {source}");
+                    request = Some(id);
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("{reason}; nothing was changed, try again later"),
+                    )
+                }
                 other => {
-                    eprintln!("wgmesh server: internal error: {other}");
+                    let id = request_id();
+                    eprintln!("wgmesh server: request {id}: internal error: {other}");
+                    request = Some(id);
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "internal",
@@ -88,12 +118,13 @@ impl IntoResponse for ApiError {
                 }
             },
         };
+        let retry = (status == StatusCode::SERVICE_UNAVAILABLE).then_some([("retry-after", "5")]);
         let body = ApiErrorBody {
             error: code.to_owned(),
             message,
-            field: None,
-            request_id: None,
+            field,
+            request_id: request,
         };
-        (status, Json(body)).into_response()
+        (status, retry, Json(body)).into_response()
     }
 }

@@ -116,7 +116,7 @@ pub async fn backends() -> Vec<TestDb> {
 }
 
 pub async fn service(db: &TestDb, config: ServiceConfig) -> Arc<Service> {
-    Service::load(Db::open(db.url()).await.unwrap(), config)
+    Service::load(Db::create(db.url()).await.unwrap(), config)
         .await
         .unwrap()
 }
@@ -145,4 +145,10 @@ pub async fn call(
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, json)
+}
+
+/// Makes the schema, as `wgmesh server init` does, so that
+/// `serve::start` (which refuses an uninitialised database) can open it.
+pub async fn create_schema(db: &TestDb) {
+    Db::create(db.url()).await.unwrap().pool.close().await;
 }
