@@ -57,7 +57,7 @@ pub enum DbError {
         .path.display()
     )]
     ReadOnly { path: PathBuf, why: String },
-    #[error("{}: {source}", .path.display())]
+    #[error("{}", .path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -171,7 +171,10 @@ fn check_sqlite_file(path: &Path) -> Result<(), DbError> {
     let pages = u64::from(u32::from_be_bytes([
         header[28], header[29], header[30], header[31],
     ]));
-    if header[24..28] == header[92..96] && meta.len() < page_size * pages {
+    // With a write-ahead log the file may be shorter than its header says
+    // until the log is checkpointed (a server killed mid-checkpoint).
+    let wal = std::fs::metadata(suffixed(path, "-wal")).is_ok_and(|m| m.len() > 0);
+    if !wal && header[24..28] == header[92..96] && meta.len() < page_size * pages {
         return Err(DbError::NotADatabase {
             path: path.to_owned(),
             why: format!(
@@ -212,7 +215,11 @@ fn create_sqlite_file(path: &Path) -> Result<(), DbError> {
             // An older wgmesh made it with the umask's mode; it holds
             // credential hashes, so only the server's user reads it.
             // SQLite gives -wal and -shm the mode of the database.
-            for p in [path.to_owned(), suffixed(path, "-wal"), suffixed(path, "-shm")] {
+            for p in [
+                path.to_owned(),
+                suffixed(path, "-wal"),
+                suffixed(path, "-shm"),
+            ] {
                 if p.exists() {
                     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
                         .map_err(|e| io(&p, e))?;
@@ -480,7 +487,8 @@ pub fn fault(e: &sqlx::Error) -> Fault {
                 };
             }
             let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
-            if let Ok(n) = code.parse::<i64>() {
+            let sqlite = d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            if let (true, Ok(n)) = (sqlite, code.parse::<i64>()) {
                 // SQLite result codes: https://www.sqlite.org/rescode.html
                 return match n & 0xff {
                     13 => Fault::Unavailable("the database disk is full"),
@@ -490,16 +498,21 @@ pub fn fault(e: &sqlx::Error) -> Fault {
                     _ => Fault::Other,
                 };
             }
-            // PostgreSQL SQLSTATE classes: 08 connection exception, 53
-            // insufficient resources (disk full), 57 operator
-            // intervention (pg_terminate_backend, shutdown), 25006
-            // read-only transaction, 40001/40P01 retryable conflicts.
-            match code.get(..2) {
-                Some("08") => Fault::Unavailable("the connection to the database was lost"),
-                Some("53") => Fault::Unavailable("the database is out of resources"),
-                Some("57") => Fault::Unavailable("the database connection was terminated"),
-                Some("40") => Fault::Unavailable("the database is busy"),
-                _ if code == "25006" => Fault::Unavailable("the database is read-only"),
+            // PostgreSQL SQLSTATE (appendix A of its manual): classes 08
+            // connection exception, 28 authorization (a password
+            // changed), 53 insufficient resources (disk full), 57
+            // operator intervention (pg_terminate_backend, shutdown), 40
+            // retryable conflicts; 25006 read-only transaction, 55000
+            // "not accepting connections", 3D000 no such database.
+            match (code.get(..2), code.as_str()) {
+                (Some("08"), _) => Fault::Unavailable("the connection to the database was lost"),
+                (Some("28"), _) => Fault::Unavailable("the database refused our credentials"),
+                (Some("53"), _) => Fault::Unavailable("the database is out of resources"),
+                (Some("57"), _) => Fault::Unavailable("the database connection was terminated"),
+                (Some("40"), _) => Fault::Unavailable("the database is busy"),
+                (_, "25006") => Fault::Unavailable("the database is read-only"),
+                (_, "55000") => Fault::Unavailable("the database is not accepting connections"),
+                (_, "3D000") => Fault::Unavailable("the database does not exist"),
                 _ => Fault::Other,
             }
         }
@@ -559,7 +572,10 @@ mod tests {
         assert!(matches!(parse_url("mysql://x"), Err(DbError::BadUrl(_))));
         assert!(matches!(parse_url("sqlite://"), Err(DbError::BadUrl(_))));
         let t = parse_url("sqlite:///var/lib/wgmesh/server.db").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(t.path.as_deref(), Some(Path::new("/var/lib/wgmesh/server.db")));
+        assert_eq!(
+            t.path.as_deref(),
+            Some(Path::new("/var/lib/wgmesh/server.db"))
+        );
         assert_eq!(t.url, "sqlite:///var/lib/wgmesh/server.db?mode=rw");
     }
 }

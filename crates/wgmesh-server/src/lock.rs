@@ -24,7 +24,15 @@ pub enum LockError {
         lock: PathBuf,
         holder: String,
     },
-    #[error("the lock file {}: {source}", .lock.display())]
+    #[error(
+        "the database directory cannot be written ({}); the server needs to write it",
+        .lock.display()
+    )]
+    ReadOnly {
+        lock: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the lock file {}", .lock.display())]
     Io {
         lock: PathBuf,
         source: std::io::Error,
@@ -43,9 +51,17 @@ impl DbLock {
     /// `holder` describes this process for the next one to ask.
     pub fn acquire(database: &Path, holder: &str) -> Result<Self, LockError> {
         let path = crate::db::suffixed(database, ".lock");
-        let io = |source| LockError::Io {
-            lock: path.clone(),
-            source,
+        let io = |source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                LockError::ReadOnly {
+                    lock: path.clone(),
+                    source,
+                }
+            }
+            _ => LockError::Io {
+                lock: path.clone(),
+                source,
+            },
         };
         let mut file = {
             use std::os::unix::fs::OpenOptionsExt;

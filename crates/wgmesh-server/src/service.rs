@@ -55,7 +55,7 @@ pub enum ServiceError {
     Busy,
     /// The database cannot take the request now (disk full, read-only,
     /// connection lost, busy): 503 until it passes.
-    #[error("{reason}: {source}")]
+    #[error("{reason}")]
     Unavailable {
         reason: &'static str,
         source: DbError,
@@ -454,20 +454,20 @@ impl Service {
         }
         let mut world = self.world.lock().await;
         if world.relays.values().any(|r| r.name == req.name) {
-            return Err(ServiceError::conflict("name", format!(
-                "relay {:?} already exists",
-                req.name
-            )));
+            return Err(ServiceError::conflict(
+                "name",
+                format!("relay {:?} already exists", req.name),
+            ));
         }
         if world
             .relays
             .values()
             .any(|r| r.public_key == req.public_key)
         {
-            return Err(ServiceError::conflict("public_key", format!(
-                "another relay has the key {}",
-                req.public_key
-            )));
+            return Err(ServiceError::conflict(
+                "public_key",
+                format!("another relay has the key {}", req.public_key),
+            ));
         }
         let secret =
             secrets::generate(control::RELAY_TOKEN_PREFIX).map_err(ServiceError::Random)?;
@@ -588,10 +588,10 @@ impl Service {
         }
         let mut world = self.world.lock().await;
         if world.network_by_name(&req.name).is_some() {
-            return Err(ServiceError::conflict("name", format!(
-                "network {:?} already exists",
-                req.name
-            )));
+            return Err(ServiceError::conflict(
+                "name",
+                format!("network {:?} already exists", req.name),
+            ));
         }
         let policy = Policy::default();
         let created_at = unix_secs();
@@ -912,10 +912,10 @@ impl Service {
             .nodes_named(net.id, &req.name)
             .any(|n| Some(n.id) != existing)
         {
-            return Err(ServiceError::conflict("name", format!(
-                "another node of {:?} is named {:?}",
-                net.name, req.name
-            )));
+            return Err(ServiceError::conflict(
+                "name",
+                format!("another node of {:?} is named {:?}", net.name, req.name),
+            ));
         }
         let credential =
             secrets::generate(control::NODE_CREDENTIAL_PREFIX).map_err(ServiceError::Random)?;
@@ -938,12 +938,12 @@ impl Service {
                 (id, Some(before))
             }
             None => {
-                let address = self.allocate(&world, &net).ok_or_else(|| {
-                    ServiceError::Conflict {
-                        field: None,
-                        message: format!("overlay {} has no free address", net.overlay),
-                    }
-                })?;
+                let address =
+                    self.allocate(&world, &net)
+                        .ok_or_else(|| ServiceError::Conflict {
+                            field: None,
+                            message: format!("overlay {} has no free address", net.overlay),
+                        })?;
                 let id: i64 = sqlx::query(
                     "INSERT INTO nodes (network_id, name, public_key, address, groups_json, hub, via_hub, endpoints_json, credential_hash, last_seen, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL) RETURNING id",
                 )
