@@ -189,7 +189,9 @@ impl Ledger {
                 // outcome is unknown to the client, so neither list.
                 panic!("no answer for {name}");
             }
-            other => panic!("{name}: unexpected {other}: {reply}\n(the server log says why, by request_id)"),
+            other => panic!(
+                "{name}: unexpected {other}: {reply}\n(the server log says why, by request_id)"
+            ),
         }
         code
     }
@@ -588,7 +590,9 @@ fn postgres_connections_killed_mid_run_lose_nothing_acknowledged() {
         assert_eq!(code, 503, "{reply}\n{}", server.log_text());
         ledger.refused.insert(format!("off{k}"));
         ledger.unavailable += 1;
-        ledger.request_ids.push(reply["request_id"].as_str().unwrap().to_owned());
+        ledger
+            .request_ids
+            .push(reply["request_id"].as_str().unwrap().to_owned());
     }
     assert_eq!(
         ledger.unavailable - before,
@@ -649,9 +653,18 @@ fn a_second_server_on_one_sqlite_file_refuses_and_names_the_first() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pid {pid}")));
-    // The first is untouched; once it is gone, a server starts.
-    let (code, _) = call(&first.url, &token, "GET", "/api/v1/networks", None);
-    assert_eq!(code, 200);
+    // The first is untouched; a clash is 409 with the field; once the
+    // first is gone, a server starts.
+    let net = json!({ "name": "seed", "overlay": "10.1.0.0/24" });
+    let (code, _) = call(&first.url, &token, "POST", "/api/v1/networks", Some(&net));
+    assert_eq!(code, 201);
+    let net = json!({ "name": "seed", "overlay": "10.2.0.0/24" });
+    let (code, reply) = call(&first.url, &token, "POST", "/api/v1/networks", Some(&net));
+    assert_eq!(
+        (code, &reply["error"], &reply["field"]),
+        (409, &json!("conflict"), &json!("name")),
+        "{reply}"
+    );
     first.kill();
     let again = Server::start(&database);
     let (code, _) = call(&again.url, &token, "GET", "/api/v1/networks", None);
