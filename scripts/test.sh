@@ -14,6 +14,8 @@ section() {
 # network namespaces).
 # PostgreSQL: the server's tests run on SQLite and on a local PostgreSQL.
 PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iputils-ping procps iperf3 postgresql openssl curl)
+# The durability tests: an ext4 on a loop device forced read-only (mkfs.ext4, e2fsck, losetup).
+PACKAGES+=(e2fsprogs mount)
 
 section "Dependencies"
 # shellcheck source=scripts/deps.sh

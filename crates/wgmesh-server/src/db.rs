@@ -195,14 +195,15 @@ fn create_sqlite_file(path: &Path) -> Result<(), DbError> {
         path: p.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io(dir, e))?;
-        }
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
     }
     match std::fs::OpenOptions::new()
         .write(true)
@@ -272,10 +273,11 @@ impl Db {
     pub async fn open(url: &str) -> Result<Self, DbError> {
         let target = parse_url(url)?;
         if let Some(path) = &target.path {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if !dir.is_dir() {
-                    return Err(DbError::NoDirectory(dir.to_owned()));
-                }
+            if let Some(dir) = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                return Err(DbError::NoDirectory(dir.to_owned()));
             }
             check_sqlite_file(path)?;
         }

@@ -37,18 +37,19 @@ fn lock(database: &str, holder: &str, init: bool) -> anyhow::Result<Option<DbLoc
     let Some(path) = crate::db::sqlite_path(database)? else {
         return Ok(None);
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            if !init {
-                return Err(crate::db::DbError::NoDirectory(dir.to_owned()).into());
-            }
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating the directory {}", dir.display()))?;
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        if !init {
+            return Err(crate::db::DbError::NoDirectory(dir.to_owned()).into());
         }
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the directory {}", dir.display()))?;
     }
     Ok(Some(DbLock::acquire(&path, holder)?))
 }
