@@ -99,6 +99,11 @@ pub struct InterfaceConfig {
     /// The TUN device's name (≤ 15 bytes).
     pub name: String,
     pub mtu: u16,
+    /// Whether the link comes up with the device (tun-rs's default). A
+    /// wireguard-go-style owner leaves it down: whoever configures the
+    /// interface brings it up (`ip link set … up`, as wg-quick does), after
+    /// `addrgenmode none`, so it gets no IPv6 link-local address.
+    pub link_up: bool,
     /// The UDP port to bind first; 0 for any. A later `listen_port` from
     /// [`Interface::apply`] or UAPI rebinds.
     pub listen_port: u16,
@@ -122,6 +127,7 @@ impl std::fmt::Debug for InterfaceConfig {
         f.debug_struct("InterfaceConfig")
             .field("name", &self.name)
             .field("mtu", &self.mtu)
+            .field("link_up", &self.link_up)
             .field("listen_port", &self.listen_port)
             .field("uapi_dir", &self.uapi_dir)
             .field("dangerous_timer_params", &self.dangerous_timer_params)
@@ -134,6 +140,7 @@ impl InterfaceConfig {
         Self {
             name: name.to_owned(),
             mtu: 1420,
+            link_up: true,
             listen_port: 0,
             uapi_dir: PathBuf::from(uapi_server::SOCKET_DIR),
             on_fatal: None,
@@ -544,6 +551,7 @@ impl Interface {
         let tun = DeviceBuilder::new()
             .name(&name)
             .mtu(config.mtu)
+            .enable(config.link_up)
             // IFF_NO_PI: bare IP packets, no 4-byte packet information header.
             .packet_information(false)
             // IFF_VNET_HDR with TSO4/TSO6/CSUM (and USO where the kernel

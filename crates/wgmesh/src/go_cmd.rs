@@ -98,6 +98,8 @@ fn serve(iface: &str) -> Result<()> {
     let mut config = InterfaceConfig::new(iface);
     // wireguard-go's DefaultMTU; wg-quick sets the real one with `ip link`.
     config.mtu = wg_cmd::DEFAULT_MTU;
+    // Down, as wireguard-go creates it: wg-quick's `ip link set mtu … up`.
+    config.link_up = false;
     config.on_fatal = Some(wg_cmd::on_fatal(&tx));
     let interface = Interface::start(config)?;
     let pid = wg_cmd::pid_path(iface);

@@ -349,6 +349,8 @@ fn bring_up(
     let mut icfg = InterfaceConfig::new(iface);
     icfg.mtu = ifc.mtu.unwrap_or(DEFAULT_MTU);
     icfg.listen_port = ifc.listen_port.unwrap_or(0);
+    // Up only after `addrgenmode none` below.
+    icfg.link_up = false;
     icfg.on_fatal = Some(on_fatal);
     icfg.dangerous_timer_params = dangerous_timer_params()?;
     let interface = Interface::start(icfg)?;
