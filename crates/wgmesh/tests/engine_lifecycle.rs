@@ -166,7 +166,16 @@ fn wg_up_ends_within_a_second_of_ip_link_del() {
         .iter_mut()
         .find(|p| p.label() == "wgmesh-1")
         .expect("spawned above");
-    let status = proc.exited().expect("gone, so exited");
+    // Gone from /proc's point of view (a zombie) may come a moment before
+    // its last thread has ended and waitpid(2) reports it.
+    let reaped_by = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = proc.exited() {
+            break status;
+        }
+        assert!(Instant::now() < reaped_by, "wgmesh never reaped");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let log = proc.log_text();
     assert!(status.success(), "wgmesh exited {status}:\n{log}");
     assert!(
