@@ -23,6 +23,17 @@ source scripts/deps.sh
 install_missing "${PACKAGES[@]}"
 cargo --version
 cargo fmt --version
+
+# boringtun-cli: the other userspace WireGuard that wg-quick drives through
+# WG_QUICK_USERSPACE_IMPLEMENTATION. crates/wgmesh/tests/engine_lifecycle.rs
+# runs the same wg-quick scenario on it as on wgmesh-go, as the bar. From
+# crates.io, pinned, built once (about a minute on 2 cores).
+BORINGTUN_VERSION=0.7.1
+if ! boringtun-cli --version 2>/dev/null | grep -qx "boringtun $BORINGTUN_VERSION"; then
+    echo "installing boringtun-cli $BORINGTUN_VERSION"
+    cargo install --locked --version "$BORINGTUN_VERSION" boringtun-cli --root /usr/local
+fi
+boringtun-cli --version
 cargo clippy --version
 
 section "PostgreSQL"

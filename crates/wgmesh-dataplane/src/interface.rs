@@ -46,6 +46,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,8 +80,9 @@ const BUF: usize = 65536 + VIRTIO_NET_HDR_LEN;
 /// Room in each per-packet buffer of a TUN batch beyond the MTU.
 const PACKET_SLACK: usize = 256;
 
-/// Called once if the interface cannot go on (its TUN device vanished):
-/// the owner should tear it down.
+/// Called once if the interface cannot go on (its TUN device was deleted,
+/// see [`Interface::device_gone`], or a thread died): the owner should
+/// tear it down.
 pub type OnFatal = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Called with each datagram the engine's socket receives that is not
@@ -97,6 +99,11 @@ pub struct InterfaceConfig {
     /// The TUN device's name (≤ 15 bytes).
     pub name: String,
     pub mtu: u16,
+    /// Whether the link comes up with the device (tun-rs's default). A
+    /// wireguard-go-style owner leaves it down: whoever configures the
+    /// interface brings it up (`ip link set … up`, as wg-quick does), after
+    /// `addrgenmode none`, so it gets no IPv6 link-local address.
+    pub link_up: bool,
     /// The UDP port to bind first; 0 for any. A later `listen_port` from
     /// [`Interface::apply`] or UAPI rebinds.
     pub listen_port: u16,
@@ -120,6 +127,7 @@ impl std::fmt::Debug for InterfaceConfig {
         f.debug_struct("InterfaceConfig")
             .field("name", &self.name)
             .field("mtu", &self.mtu)
+            .field("link_up", &self.link_up)
             .field("listen_port", &self.listen_port)
             .field("uapi_dir", &self.uapi_dir)
             .field("dangerous_timer_params", &self.dangerous_timer_params)
@@ -132,6 +140,7 @@ impl InterfaceConfig {
         Self {
             name: name.to_owned(),
             mtu: 1420,
+            link_up: true,
             listen_port: 0,
             uapi_dir: PathBuf::from(uapi_server::SOCKET_DIR),
             on_fatal: None,
@@ -197,6 +206,9 @@ struct Shared {
     log_device: SparseLog,
     on_fatal: Option<OnFatal>,
     fatal_sent: AtomicBool,
+    /// The TUN device was deleted under us (`ip link del`, or its
+    /// namespace went): the reason the interface ends, not a failure.
+    tun_gone: AtomicBool,
     on_foreign: Option<ForeignHandler>,
     on_divert: Option<ForeignHandler>,
     /// Buffers for [`Interface::inject`].
@@ -539,6 +551,7 @@ impl Interface {
         let tun = DeviceBuilder::new()
             .name(&name)
             .mtu(config.mtu)
+            .enable(config.link_up)
             // IFF_NO_PI: bare IP packets, no 4-byte packet information header.
             .packet_information(false)
             // IFF_VNET_HDR with TSO4/TSO6/CSUM (and USO where the kernel
@@ -584,6 +597,7 @@ impl Interface {
             log_device: SparseLog::default(),
             on_fatal: config.on_fatal.clone(),
             fatal_sent: AtomicBool::new(false),
+            tun_gone: AtomicBool::new(false),
             on_foreign: config.on_foreign.clone(),
             on_divert: config.on_divert.clone(),
             inject_writer: Mutex::new(Writer::new()),
@@ -670,6 +684,13 @@ impl Interface {
         f(&mut self.shared.device())
     }
 
+    /// Whether the interface ended because its TUN device was deleted
+    /// (`ip link del`, `wg-quick down`, its namespace deleted) rather than
+    /// by a failure; [`InterfaceConfig::on_fatal`] is called either way.
+    pub fn device_gone(&self) -> bool {
+        self.shared.tun_gone.load(Ordering::Acquire)
+    }
+
     pub fn io_stats(&self) -> &IoStats {
         &self.shared.stats
     }
@@ -737,6 +758,15 @@ impl Interface {
         }
         self.shared.stop.store(true, Ordering::Release);
         let _ = self.tun_wake.trigger();
+        // Wakes the UDP reader now rather than at its next UDP_POLL: on
+        // an unconnected UDP socket shutdown(2) fails with ENOTCONN but
+        // still marks it shut for reading and wakes a blocked recvmsg
+        // (Linux `inet_shutdown`), so the port is free as soon as the
+        // threads have let go of it.
+        let _ = nix::sys::socket::shutdown(
+            self.shared.udp.get().sock.as_raw_fd(),
+            nix::sys::socket::Shutdown::Read,
+        );
         for t in &self.threads {
             t.thread().unpark();
         }
@@ -803,6 +833,11 @@ fn tun_loop(shared: &Shared, tun: &SyncDevice, wake: &InterruptEvent, mtu: usize
                 if shared.stop.load(Ordering::Acquire) {
                     return;
                 }
+                if tun_gone(tun, &e) {
+                    shared.tun_gone.store(true, Ordering::Release);
+                    shared.fatal(&format!("the TUN device is gone ({e})"));
+                    return;
+                }
                 if e.raw_os_error().is_none() {
                     // tun-rs refused what it read (a malformed or
                     // oversized super-packet): drop it, keep reading.
@@ -811,7 +846,6 @@ fn tun_loop(shared: &Shared, tun: &SyncDevice, wake: &InterruptEvent, mtu: usize
                         .note("TUN packet dropped", &shared.stats.tun_read_errors, &e);
                     continue;
                 }
-                // EBADFD and friends: the device is gone (`ip link del`).
                 shared.stats.tun_read_errors.fetch_add(1, Ordering::Relaxed);
                 shared.fatal(&format!("reading the TUN device failed: {e}"));
                 return;
@@ -839,6 +873,21 @@ fn tun_loop(shared: &Shared, tun: &SyncDevice, wake: &InterruptEvent, mtu: usize
     }
 }
 
+/// Whether a failed TUN read means the device is gone. When the network
+/// device behind a TUN fd is unregistered (`ip link del`, which is what
+/// `wg-quick down` does for a userspace interface, or its namespace being
+/// deleted), Linux detaches the fd and wakes its readers: poll(2) then
+/// reports POLLERR (`tun_chr_poll`), which tun-rs turns into an error
+/// without an errno, and read(2) and every ioctl but TUNSETIFF fail with
+/// EBADFD. A malformed super-packet is refused without an errno too, so
+/// that case is told apart by asking the fd for its name (TUNGETIFF): it
+/// fails only on a detached fd. wireguard-go ends the same way, on the
+/// read error (`RoutineReadFromTUN` closes the device).
+fn tun_gone(tun: &SyncDevice, e: &io::Error) -> bool {
+    const EBADFD: i32 = nix::errno::Errno::EBADFD as i32;
+    e.raw_os_error() == Some(EBADFD) || tun.name().is_err_and(|e| e.raw_os_error() == Some(EBADFD))
+}
+
 fn udp_loop(shared: &Shared, tun: &SyncDevice) {
     let mut buf = vec![0u8; BUF];
     let mut cmsg = udp::recv_cmsg_space();
@@ -847,7 +896,15 @@ fn udp_loop(shared: &Shared, tun: &SyncDevice) {
     while !shared.stop.load(Ordering::Acquire) {
         // Taken afresh each time: a rebind is followed within one UDP_POLL.
         let sock = shared.udp.get();
-        let got = match sock.recv_batch(&mut buf, &mut cmsg) {
+        let got = sock.recv_batch(&mut buf, &mut cmsg);
+        if shared.stop.load(Ordering::Acquire) {
+            // Woken by `stop` (which shuts the socket down for reading).
+            return;
+        }
+        let got = match got {
+            // An empty datagram carries nothing for anyone (and would be
+            // cut into chunks of zero bytes below).
+            Ok(r) if r.len == 0 => continue,
             Ok(r) => r,
             Err(e)
                 if matches!(

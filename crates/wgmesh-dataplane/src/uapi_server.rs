@@ -123,10 +123,14 @@ impl UapiServer {
             return;
         };
         self.stop.store(true, Ordering::Release);
-        let _ = thread.join();
+        // The file first: from now on nobody finds the interface (and a
+        // new one of the same name may come up at once, as `wg-quick up`
+        // right after `down` does), without waiting for the accept
+        // thread's next look at its stop flag.
         if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
             let _ = std::fs::remove_file(&self.path);
         }
+        let _ = thread.join();
     }
 }
 

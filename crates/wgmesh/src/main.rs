@@ -6,6 +6,7 @@ mod admin_cmd;
 mod agent_cmd;
 mod conf_cmd;
 mod demo_cmd;
+mod go_cmd;
 mod key_cmd;
 mod lab_cmd;
 mod plan_cmd;
@@ -99,6 +100,10 @@ enum WgCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create IFACE with an empty configuration and serve its UAPI socket
+    /// until it is deleted, as wireguard-go does (what `wgmesh-go IFACE`
+    /// runs; for wg-quick's WG_QUICK_USERSPACE_IMPLEMENTATION).
+    Go(go_cmd::GoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +175,11 @@ enum Format {
 }
 
 fn main() -> ExitCode {
+    // Started as `wgmesh-go` (a symlink): wireguard-go's command line, for
+    // wg-quick's WG_QUICK_USERSPACE_IMPLEMENTATION.
+    if go_cmd::invoked_as_go() {
+        return go_cmd::main();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => {
@@ -195,6 +205,7 @@ fn main() -> ExitCode {
         }) => wg_cmd::up(&file, name.as_deref(), foreground),
         Command::Wg(WgCommand::Down { iface }) => wg_cmd::down(&iface),
         Command::Wg(WgCommand::Stats { iface, json }) => wg_cmd::stats(&iface, json),
+        Command::Wg(WgCommand::Go(args)) => go_cmd::run(&args),
         Command::Up(args) => agent_cmd::up(args),
         Command::Status(args) => agent_cmd::status(args),
         Command::Server(args) => server_cmd::run(args),

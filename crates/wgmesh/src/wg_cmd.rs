@@ -40,7 +40,7 @@ pub const RUN_DIR: &str = "/run/wgmesh";
 /// wg-quick's default MTU: 1500 minus the 80 bytes of the largest
 /// (IPv6) WireGuard overhead. wg-quick derives it from the endpoints'
 /// routes instead; set `MTU =` where the path is smaller.
-const DEFAULT_MTU: u16 = 1420;
+pub(crate) const DEFAULT_MTU: u16 = 1420;
 
 /// How long `up` waits for the background process to be up, hooks included.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -92,7 +92,7 @@ fn rekey_after(raw: &std::ffi::OsStr) -> Result<Duration> {
         })
 }
 
-fn pid_path(iface: &str) -> PathBuf {
+pub(crate) fn pid_path(iface: &str) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{iface}.pid"))
 }
 
@@ -100,12 +100,12 @@ fn log_path(iface: &str) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{iface}.log"))
 }
 
-fn uapi_path(iface: &str) -> PathBuf {
+pub(crate) fn uapi_path(iface: &str) -> PathBuf {
     uapi_server::socket_path(Path::new(uapi_server::SOCKET_DIR), iface)
 }
 
 /// wg-quick's rule for interface names: `^[a-zA-Z0-9_=+.-]{1,15}$`.
-fn check_iface_name(name: &str) -> Result<()> {
+pub(crate) fn check_iface_name(name: &str) -> Result<()> {
     let ok = (1..=15).contains(&name.len())
         && name
             .bytes()
@@ -156,9 +156,22 @@ pub fn up(file: &Path, name: Option<&str>, foreground: bool) -> Result<()> {
 /// Starts `wgmesh wg up FILE --name IFACE --foreground` detached, and waits
 /// until it is up (its PID file names it and its UAPI socket answers).
 fn start_background(file: &Path, iface: &str) -> Result<()> {
-    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("cannot create {RUN_DIR}"))?;
     let file = std::fs::canonicalize(file)
         .with_context(|| format!("cannot resolve {}", file.display()))?;
+    let mut args: Vec<std::ffi::OsString> = vec!["wg".into(), "up".into(), file.into()];
+    args.extend(["--name", iface, "--foreground"].map(Into::into));
+    start_detached(iface, &args)?;
+    println!("{iface}");
+    Ok(())
+}
+
+/// Starts this executable again with `args` (a `--foreground` command
+/// that serves `iface`), detached into its own process group with its
+/// output in `/run/wgmesh/IFACE.log`, and waits until it is up: its PID
+/// file names it and its UAPI socket answers. If it dies first, the error
+/// carries the end of its log.
+pub(crate) fn start_detached(iface: &str, args: &[std::ffi::OsString]) -> Result<()> {
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("cannot create {RUN_DIR}"))?;
     let log = log_path(iface);
     let out = std::fs::OpenOptions::new()
         .write(true)
@@ -169,9 +182,7 @@ fn start_background(file: &Path, iface: &str) -> Result<()> {
         .with_context(|| format!("cannot open {}", log.display()))?;
     let exe = std::env::current_exe().context("cannot find the wgmesh executable")?;
     let mut child = Command::new(exe)
-        .args(["wg", "up"])
-        .arg(&file)
-        .args(["--name", iface, "--foreground"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone().context("log file")?)
         .stderr(out)
@@ -194,7 +205,6 @@ fn start_background(file: &Path, iface: &str) -> Result<()> {
         }
         let recorded = read_pid(iface).is_some_and(|pid| pid == child.id());
         if recorded && uapi_server::is_up(&uapi_path(iface)) {
-            println!("{iface}");
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -205,7 +215,7 @@ fn start_background(file: &Path, iface: &str) -> Result<()> {
                 log_tail(&log, 30)
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -216,15 +226,16 @@ fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Why the serving process stops.
-enum Stop {
+pub(crate) enum Stop {
     Signal(i32),
     Fatal(String),
 }
 
-/// Brings the interface up, serves it until told to stop, tears it down.
-fn serve(iface: &str, config: &Config) -> Result<()> {
-    // Signals first: a SIGTERM during setup is kept until setup is over,
-    // and then tears down what was set up.
+/// Where a serving process learns that it must stop: SIGTERM and SIGINT,
+/// and the interface's `on_fatal` (the sender, for [`on_fatal`]). Taken
+/// first: a SIGTERM during setup is kept until setup is over, and then
+/// tears down what was set up.
+pub(crate) fn stop_channel() -> Result<(mpsc::Sender<Stop>, mpsc::Receiver<Stop>)> {
     let (tx, rx) = mpsc::channel::<Stop>();
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot handle signals")?;
     {
@@ -237,6 +248,23 @@ fn serve(iface: &str, config: &Config) -> Result<()> {
             }
         });
     }
+    Ok((tx, rx))
+}
+
+/// The interface's `on_fatal`: a [`Stop::Fatal`] into the stop channel.
+pub(crate) fn on_fatal(tx: &mpsc::Sender<Stop>) -> wgmesh_dataplane::interface::OnFatal {
+    let tx = std::sync::Mutex::new(tx.clone());
+    Arc::new(move |why: &str| {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Stop::Fatal(why.to_owned()));
+    })
+}
+
+/// Brings the interface up, serves it until told to stop, tears it down.
+fn serve(iface: &str, config: &Config) -> Result<()> {
+    let (tx, rx) = stop_channel()?;
     if netconf::ip(&["link", "show", "dev", iface]).is_ok() {
         bail!("a network interface called {iface} exists already");
     }
@@ -249,17 +277,7 @@ fn serve(iface: &str, config: &Config) -> Result<()> {
         netconf::run_hook(hook, iface)?;
     }
     let mut undo = Undo::default();
-    let on_fatal = {
-        let tx = tx.clone();
-        let tx = std::sync::Mutex::new(tx);
-        Arc::new(move |why: &str| {
-            let _ = tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(Stop::Fatal(why.to_owned()));
-        })
-    };
-    let interface = match bring_up(iface, config, &mut undo, on_fatal) {
+    let interface = match bring_up(iface, config, &mut undo, on_fatal(&tx)) {
         Ok(i) => i,
         Err(e) => {
             // wg-quick's del_if on a failed add_if: no Down hooks.
@@ -279,6 +297,12 @@ fn serve(iface: &str, config: &Config) -> Result<()> {
     let failed = match why {
         Stop::Signal(sig) => {
             eprintln!("wgmesh: {iface}: signal {sig}, taking the interface down");
+            None
+        }
+        Stop::Fatal(why) if interface.device_gone() => {
+            // `ip link del` (wg-quick down's way), or the namespace went:
+            // the operator's doing, so a clean stop, as for wireguard-go.
+            eprintln!("wgmesh: {iface}: the interface was deleted ({why}); stopping");
             None
         }
         Stop::Fatal(why) => {
@@ -325,6 +349,8 @@ fn bring_up(
     let mut icfg = InterfaceConfig::new(iface);
     icfg.mtu = ifc.mtu.unwrap_or(DEFAULT_MTU);
     icfg.listen_port = ifc.listen_port.unwrap_or(0);
+    // Up only after `addrgenmode none` below.
+    icfg.link_up = false;
     icfg.on_fatal = Some(on_fatal);
     icfg.dangerous_timer_params = dangerous_timer_params()?;
     let interface = Interface::start(icfg)?;
@@ -422,7 +448,7 @@ fn resolve(e: &Endpoint) -> Result<SocketAddr> {
     }
 }
 
-fn read_pid(iface: &str) -> Option<u32> {
+pub(crate) fn read_pid(iface: &str) -> Option<u32> {
     std::fs::read_to_string(pid_path(iface))
         .ok()?
         .trim()
@@ -444,14 +470,14 @@ fn is_wgmesh(pid: u32) -> bool {
     }
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
-            c.split(|&b| b == 0)
-                .next()
-                .is_some_and(|argv0| argv0.ends_with(b"wgmesh"))
+            c.split(|&b| b == 0).next().is_some_and(|argv0| {
+                argv0.ends_with(b"wgmesh") || argv0.ends_with(crate::go_cmd::PROGRAM.as_bytes())
+            })
         })
         .unwrap_or(false)
 }
 
-fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
+pub(crate) fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
     let pid = i32::try_from(pid).context("PID out of range")?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
         .with_context(|| format!("cannot signal process {pid}"))

@@ -232,19 +232,9 @@ impl Delta {
     }
 }
 
-/// A UDP socket bound to `bind` inside the network namespace `netns`: a
-/// short-lived thread enters the namespace (setns(2) moves only the calling
-/// thread) and creates it there; the socket stays in that namespace
-/// wherever it is used from.
+/// A UDP socket bound to `bind` inside the network namespace `netns`.
 fn socket_in(netns: &str, bind: SocketAddr) -> UdpSocket {
-    let path = format!("/var/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind} in {path}: {e}"))
-    })
-    .join()
-    .expect("the socket thread")
+    support::udp_socket_in(netns, bind).unwrap_or_else(|e| panic!("bind {bind} in {netns}: {e}"))
 }
 
 /// A real, well-formed handshake initiation (valid mac1) for the

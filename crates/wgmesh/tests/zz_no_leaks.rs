@@ -6,7 +6,15 @@ use std::fs;
 use std::process::Command;
 
 /// Programs the tests start; none may still run when the suite is over.
-const TEST_PROGRAMS: [&str; 5] = ["wireguard-go", "wgl-delay", "wgl-udp", "iperf3", "wgmesh"];
+const TEST_PROGRAMS: [&str; 7] = [
+    "wireguard-go",
+    "wgl-delay",
+    "wgl-udp",
+    "iperf3",
+    "wgmesh",
+    "wgmesh-go",
+    "boringtun-cli",
+];
 
 #[test]
 #[ignore = "run by scripts/test.sh after every other test"]

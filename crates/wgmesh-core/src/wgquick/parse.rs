@@ -87,12 +87,32 @@ pub enum LineErrorKind {
     DuplicatePublicKey { key: PublicKey, first_line: usize },
     #[error("public key {0} is this interface's own key")]
     OwnPublicKey(PublicKey),
+    #[error("Address {addr} is already the interface's, at line {first_line}{}", if addr.addr().is_ipv6() { " (IPv6 takes an address once, whatever its prefix)" } else { "" })]
+    DuplicateAddress { addr: IpNet, first_line: usize },
+    #[error(
+        "MTU {mtu} is below 1280, the least IPv6 allows (RFC 8200 §5), and the {what} at \
+         line {ipv6_line} needs IPv6 on the interface (Linux refuses it, EINVAL)"
+    )]
+    MtuTooSmallForIpv6 {
+        mtu: u16,
+        what: &'static str,
+        ipv6_line: usize,
+    },
     #[error("AllowedIPs {net} overlaps {other} of the peer at line {other_line}")]
     OverlappingAllowedIps {
         net: IpNet,
         other: IpNet,
         other_line: usize,
     },
+}
+
+/// Where the `[Interface]` values that other lines constrain were.
+#[derive(Default)]
+struct InterfaceLines {
+    /// The line of the `MTU` in force (the last one).
+    mtu: Option<usize>,
+    /// One line per entry of [`Interface::addresses`].
+    addresses: Vec<usize>,
 }
 
 /// Where each peer's parts were, for the checks that relate peers.
@@ -116,6 +136,7 @@ pub fn parse(text: &str) -> Result<Config, ConfError> {
     let mut peers: Vec<(Peer, PeerLines)> = Vec::new();
     let mut section = Section::None;
     let mut last_comment: Option<String> = None;
+    let mut iface_lines = InterfaceLines::default();
 
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
@@ -165,7 +186,15 @@ pub fn parse(text: &str) -> Result<Config, ConfError> {
         let value = trim(value);
         let result = match section {
             Section::None => Err(LineErrorKind::OutsideSection(key.to_owned())),
-            Section::Interface => interface_line(&mut config.interface, key, value),
+            Section::Interface => {
+                let r = interface_line(&mut config.interface, key, value);
+                let iface = &config.interface;
+                iface_lines.addresses.resize(iface.addresses.len(), line);
+                if key.eq_ignore_ascii_case("mtu") {
+                    iface_lines.mtu = iface.mtu.map(|_| line);
+                }
+                r
+            }
             Section::Peer => {
                 let (peer, lines) = peers.last_mut().expect("in [Peer] after pushing one");
                 peer_line(peer, lines, line, key, value)
@@ -186,6 +215,7 @@ pub fn parse(text: &str) -> Result<Config, ConfError> {
         lines.public_key.is_some()
     });
     check_peers(&config.interface, &peers, &mut errors);
+    check_interface(&config.interface, &iface_lines, &peers, &mut errors);
     config.peers = peers.into_iter().map(|(p, _)| p).collect();
 
     if errors.is_empty() {
@@ -218,7 +248,11 @@ fn interface_line(iface: &mut Interface, key: &str, value: &str) -> Result<(), L
         }
         "address" => {
             for item in words(value) {
-                iface.addresses.push(cidr("Address", item)?);
+                let addr = cidr("Address", item)?;
+                if let Some(why) = unassignable(addr.addr()) {
+                    return Err(bad("Address", item, why));
+                }
+                iface.addresses.push(addr);
             }
         }
         "dns" => {
@@ -234,7 +268,17 @@ fn interface_line(iface: &mut Interface, key: &str, value: &str) -> Result<(), L
         }
         // wg-quick keeps an empty MTU or Table as unset: automatic.
         "mtu" if value.is_empty() => iface.mtu = None,
-        "mtu" => iface.mtu = Some(number("MTU", value)?),
+        "mtu" => {
+            let mtu: u16 = number("MTU", value)?;
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(bad(
+                    "MTU",
+                    value,
+                    "68 to 65535, the MTUs Linux takes for a TUN device",
+                ));
+            }
+            iface.mtu = Some(mtu);
+        }
         "table" if value.is_empty() => iface.table = None,
         "table" => {
             iface.table = Some(match value.to_ascii_lowercase().as_str() {
@@ -377,6 +421,97 @@ fn check_peers(iface: &Interface, peers: &[(Peer, PeerLines)], errors: &mut Vec<
                 }
             }
         }
+    }
+}
+
+/// Linux's MTU range for a TUN device (`MIN_MTU` in drivers/net/tun.c is
+/// 68, RFC 791's least IPv4 MTU; `MAX_MTU` 65535): `ip link` and TUN
+/// creation refuse anything else with EINVAL, so wg-quick's `ip link set
+/// mtu` and `wgmesh wg up` fail on it.
+const MIN_MTU: u16 = 68;
+const MAX_MTU: u16 = 65535;
+
+/// IPv6's least link MTU (RFC 8200 §5). Below it Linux turns IPv6 off on
+/// the device: `ip -6 address add` fails with EINVAL, `ip -6 route` with
+/// ENODEV.
+const IPV6_MIN_MTU: u16 = 1280;
+
+/// Why the kernel refuses `addr` as an interface address, if it does:
+/// IPv6's unspecified, loopback and multicast addresses (`ipv6_add_addr`
+/// in net/ipv6/addrconf.c: EADDRNOTAVAIL or EINVAL). IPv4 takes any.
+fn unassignable(addr: IpAddr) -> Option<&'static str> {
+    let IpAddr::V6(v6) = addr else {
+        return None;
+    };
+    if v6.is_unspecified() {
+        Some("an address, not :: (the unspecified address)")
+    } else if v6.is_loopback() {
+        Some("an address other than ::1, which only the loopback device may have")
+    } else if v6.is_multicast() {
+        Some("a unicast address, not a multicast one (ff00::/8)")
+    } else {
+        None
+    }
+}
+
+/// The checks within `[Interface]` that `wgmesh wg up` (and wg-quick,
+/// through `ip`) would otherwise fail on halfway: an address given twice
+/// (`ip address add` answers EEXIST: for IPv4 the same address and prefix,
+/// for IPv6 the same address whatever the prefix), and an MTU too small
+/// for the IPv6 the interface needs (an IPv6 Address, or an IPv6 AllowedIPs
+/// prefix that gets a route).
+fn check_interface(
+    iface: &Interface,
+    lines: &InterfaceLines,
+    peers: &[(Peer, PeerLines)],
+    errors: &mut Vec<LineError>,
+) {
+    for (i, (addr, &line)) in iface.addresses.iter().zip(&lines.addresses).enumerate() {
+        let same = |other: &IpNet| match (addr, other) {
+            (IpNet::V6(a), IpNet::V6(b)) => a.addr() == b.addr(),
+            _ => addr == other,
+        };
+        if let Some((_, &first_line)) = iface.addresses[..i]
+            .iter()
+            .zip(&lines.addresses)
+            .find(|(other, _)| same(other))
+        {
+            errors.push(LineError {
+                line,
+                kind: LineErrorKind::DuplicateAddress {
+                    addr: *addr,
+                    first_line,
+                },
+            });
+        }
+    }
+    let (Some(mtu), Some(mtu_line)) = (iface.mtu, lines.mtu) else {
+        return;
+    };
+    if mtu >= IPV6_MIN_MTU {
+        return;
+    }
+    let address = iface
+        .addresses
+        .iter()
+        .zip(&lines.addresses)
+        .find(|(a, _)| a.addr().is_ipv6())
+        .map(|(_, &line)| ("IPv6 Address", line));
+    let routed = iface.table != Some(Table::Off);
+    let route = peers
+        .iter()
+        .flat_map(|(p, l)| p.allowed_ips.iter().zip(&l.allowed_ips))
+        .find(|(net, _)| routed && net.addr().is_ipv6())
+        .map(|(_, &line)| ("IPv6 AllowedIPs (routed into the interface)", line));
+    if let Some((what, ipv6_line)) = address.or(route) {
+        errors.push(LineError {
+            line: mtu_line,
+            kind: LineErrorKind::MtuTooSmallForIpv6 {
+                mtu,
+                what,
+                ipv6_line,
+            },
+        });
     }
 }
 

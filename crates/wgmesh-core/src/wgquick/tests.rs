@@ -394,6 +394,104 @@ fn empty_values_where_wg_quick_takes_them() {
     }
 }
 
+/// What `ip` and the kernel would refuse at `wgmesh wg up` (or wg-quick
+/// up) is refused here, at its line: MTUs outside Linux's TUN range,
+/// IPv6 below its minimum MTU, addresses the kernel will not assign, and
+/// an address given twice (EEXIST). The same cases run against a live
+/// `wgmesh wg up` in crates/wgmesh/tests/conf_check_matches_up.rs.
+#[test]
+fn what_the_kernel_refuses_is_refused_at_its_line() {
+    let bad_mtu = |v: &str| {
+        let errs = errors(&format!("[Interface]\nMTU = {v}\n"));
+        assert!(
+            matches!(&errs[..], [(2, LineErrorKind::BadValue { key: "MTU", .. })]),
+            "MTU = {v}: {errs:?}"
+        );
+    };
+    for v in ["0", "1", "67", "65536", "-1"] {
+        bad_mtu(v);
+    }
+    for v in [68, 576, 1280, 1420, 9000, 65535] {
+        assert_eq!(iface_of(&format!("MTU = {v}")).expect("valid").mtu, Some(v));
+    }
+
+    // IPv6 needs 1280, whether for an address or for a routed AllowedIPs.
+    let text = "[Interface]\nMTU = 1279\nAddress = 10.0.0.1/24\nAddress = fd00::1/64\n";
+    assert_eq!(
+        errors(text),
+        [(
+            2,
+            LineErrorKind::MtuTooSmallForIpv6 {
+                mtu: 1279,
+                what: "IPv6 Address",
+                ipv6_line: 4
+            }
+        )]
+    );
+    let text = format!(
+        "[Interface]\nMTU = 1000\nAddress = 10.0.0.1/24\n[Peer]\nPublicKey = {P2}\n\
+         AllowedIPs = 10.0.0.2/32\nAllowedIPs = fd00::2/128\n"
+    );
+    assert!(
+        matches!(
+            &errors(&text)[..],
+            [(2, LineErrorKind::MtuTooSmallForIpv6 { ipv6_line: 7, .. })]
+        ),
+        "{:?}",
+        errors(&text)
+    );
+    // No route, no IPv6 on the interface: fine. So is IPv4 alone.
+    assert!(parse(&format!("{text}\n[Interface]\nTable = off\n")).is_ok());
+    assert!(parse("[Interface]\nMTU = 68\nAddress = 10.0.0.1/24\n").is_ok());
+    // A later empty MTU is automatic (1420): fine too.
+    assert!(parse("[Interface]\nMTU = 1000\nMTU =\nAddress = fd00::1/64\n").is_ok());
+
+    for (addr, why) in [
+        ("::/0", "unspecified"),
+        ("::1", "loopback"),
+        ("ff02::5/128", "multicast"),
+    ] {
+        let errs = errors(&format!("[Interface]\nAddress = 10.0.0.1/24, {addr}\n"));
+        let [
+            (
+                2,
+                LineErrorKind::BadValue {
+                    key: "Address",
+                    expected,
+                    ..
+                },
+            ),
+        ] = &errs[..]
+        else {
+            panic!("{addr}: {errs:?}");
+        };
+        assert!(expected.contains(why), "{addr}: {expected}");
+    }
+    // IPv4 takes any address, as Linux does.
+    assert!(parse("[Interface]\nAddress = 0.0.0.0/0, 224.0.0.5, 127.0.0.2/8\n").is_ok());
+
+    // Twice: IPv4 the same address and prefix, IPv6 the same address.
+    let text = "[Interface]\nAddress = 10.0.0.1/24\nAddress = 10.0.0.1/16, fd00::1/64\n\
+                Address = 10.0.0.1/24\nAddress = fd00::1/48\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(matches!(
+        errs[0],
+        (4, LineErrorKind::DuplicateAddress { first_line: 2, .. })
+    ));
+    assert!(matches!(
+        errs[1],
+        (5, LineErrorKind::DuplicateAddress { first_line: 3, .. })
+    ));
+    assert!(
+        errs[1].1.to_string().contains("whatever its prefix"),
+        "{}",
+        errs[1].1
+    );
+    // A bare address is its /32.
+    assert!(parse("[Interface]\nAddress = 10.0.0.1, 10.0.0.1/32\n").is_err());
+}
+
 #[test]
 fn persistent_keepalive_reads_like_wg() {
     let keepalive =
@@ -448,6 +546,14 @@ fn ipnet() -> impl Strategy<Value = IpNet> {
     ]
 }
 
+/// An interface address Linux assigns (see `unassignable`).
+fn address() -> impl Strategy<Value = IpNet> {
+    ipnet().prop_filter("an assignable address", |n| match n.addr() {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_loopback() || a.is_multicast()),
+    })
+}
+
 fn host_name() -> impl Strategy<Value = String> {
     "[a-z][a-z0-9-]{0,10}[a-z0-9](\\.[a-z][a-z0-9]{0,8}){0,3}"
 }
@@ -492,9 +598,10 @@ prop_compose! {
         private_key in proptest::option::of(key32()),
         listen_port in proptest::option::of(any::<u16>()),
         fwmark in proptest::option::of(any::<u32>()),
-        addresses in proptest::collection::vec(ipnet(), 0..3),
+        addresses in proptest::collection::vec(address(), 0..3),
         dns in proptest::collection::vec(dns(), 0..3),
-        mtu in proptest::option::of(any::<u16>()),
+        // Enough for IPv6 (addresses and routes of either family).
+        mtu in proptest::option::of(1280u16..),
         table in proptest::option::of(table()),
         pre_up in proptest::collection::vec(hook_text(), 0..2),
         post_up in proptest::collection::vec(hook_text(), 0..3),
@@ -542,6 +649,14 @@ fn config() -> impl Strategy<Value = Config> {
         .prop_flat_map(|(interface, n)| {
             let peers: Vec<_> = (0..n).map(peer).collect();
             (Just(interface), peers)
+        })
+        .prop_filter("no address twice", |(i, _)| {
+            i.addresses.iter().enumerate().all(|(n, a)| {
+                i.addresses[..n].iter().all(|b| match (a, b) {
+                    (IpNet::V6(a), IpNet::V6(b)) => a.addr() != b.addr(),
+                    _ => a != b,
+                })
+            })
         })
         .prop_filter("no peer carries the interface's own key", |(i, peers)| {
             let own = i.private_key.as_ref().map(PrivateKey::public_key);

@@ -404,3 +404,61 @@ pub fn psql(url: &str, sql: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A UDP socket bound to `bind` inside the network namespace `netns`: a
+/// short-lived thread enters the namespace (setns(2) moves only the calling
+/// thread) and binds it there; the socket stays in that namespace wherever
+/// it is used from. An error if the bind fails (the port is taken).
+pub fn udp_socket_in(
+    netns: &str,
+    bind: std::net::SocketAddr,
+) -> std::io::Result<std::net::UdpSocket> {
+    let path = format!("/var/run/netns/{netns}");
+    thread::spawn(move || {
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        std::net::UdpSocket::bind(bind)
+    })
+    .join()
+    .expect("the socket thread")
+}
+
+/// Whether process `pid` still runs. A zombie does not count: a daemon
+/// whose parent has gone is reaped by init, whenever init gets to it.
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+/// Polls until none of `pids` runs; how long that took, or `None` if one
+/// still runs at `timeout`.
+pub fn wait_until_gone(pids: &[u32], timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if !pids.iter().any(|&p| is_running(p)) {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `DIR/wgmesh-go`, a symlink to the wgmesh binary under test: started
+/// under that name it behaves as wireguard-go (what
+/// WG_QUICK_USERSPACE_IMPLEMENTATION names).
+pub fn wgmesh_go_link(dir: &Path) -> PathBuf {
+    let link = dir.join("wgmesh-go");
+    if fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_wgmesh"), &link)
+            .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
+    }
+    link
+}
