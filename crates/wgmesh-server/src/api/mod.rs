@@ -256,7 +256,8 @@ async fn create_network(
 /// One network.
 #[utoipa::path(get, path = "/api/v1/networks/{network}", security(("adminToken" = [])),
     params(("network" = wgmesh_core::schema::NameText, Path, description = "The network's name.")),
-    responses((status = 200, description = "The network.", body = NetworkInfo), Denied, Missing))]
+    responses((status = 200, description = "The network.", body = NetworkInfo),
+        Invalid, Denied, Missing))]
 async fn get_network(
     State(svc): State<Arc<Service>>,
     _: Admin,
@@ -269,7 +270,8 @@ async fn get_network(
 /// A network's access policy.
 #[utoipa::path(get, path = "/api/v1/networks/{network}/policy", security(("adminToken" = [])),
     params(("network" = wgmesh_core::schema::NameText, Path, description = "The network's name.")),
-    responses((status = 200, description = "The policy.", body = Policy), Denied, Missing))]
+    responses((status = 200, description = "The policy.", body = Policy),
+        Invalid, Denied, Missing))]
 async fn get_policy(
     State(svc): State<Arc<Service>>,
     _: Admin,
