@@ -15,9 +15,9 @@ use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 use wgmesh_core::control::{
-    self, AuditEntry, AuditPage, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollChallenge,
-    EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers,
-    SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
+    self, AuditEntry, AuditPage, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport,
+    EnrollChallenge, EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo,
+    RelayMembers, SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
 };
 use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::policy::Policy;

@@ -65,7 +65,13 @@ mod tests {
         ] {
             assert!(overlay_refusal(&bad.parse().unwrap()).is_some(), "{bad}");
         }
-        for good in ["100.64.0.0/10", "10.0.0.0/8", "192.168.1.0/24", "fd00::/64", "2001:db8::/32"] {
+        for good in [
+            "100.64.0.0/10",
+            "10.0.0.0/8",
+            "192.168.1.0/24",
+            "fd00::/64",
+            "2001:db8::/32",
+        ] {
             assert_eq!(overlay_refusal(&good.parse().unwrap()), None, "{good}");
         }
         let n = |s: &str| s.parse::<IpNet>().unwrap();
@@ -77,11 +83,22 @@ mod tests {
 
     #[test]
     fn websocket_urls_as_documented() {
-        for ok in ["wss://relay.example/relay", "ws://192.0.2.1:8080/r", "ws://x"] {
+        for ok in [
+            "wss://relay.example/relay",
+            "ws://192.0.2.1:8080/r",
+            "ws://x",
+        ] {
             assert!(ws_url_ok(ok), "{ok}");
         }
         let long = format!("wss://{}", "a".repeat(2043));
-        for bad in ["ws://", "https://x/relay", "wss://a b", "wss://é", "wss://x\t", &long] {
+        for bad in [
+            "ws://",
+            "https://x/relay",
+            "wss://a b",
+            "wss://é",
+            "wss://x\t",
+            &long,
+        ] {
             assert!(!ws_url_ok(bad), "{bad}");
         }
         assert!(ws_url_ok(&long[..2048]));

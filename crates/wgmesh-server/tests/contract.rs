@@ -64,8 +64,10 @@ async fn fixture(db: &TestDb) -> Fixture {
         "POST",
         "/api/v1/enroll",
         None,
-        Some(json!({ "setup_key": setup_key, "public_key": key.public_key(), "name": "a",
-                     "challenge": ch.id, "proof": proof })),
+        Some(
+            json!({ "setup_key": setup_key, "public_key": key.public_key(), "name": "a",
+                     "challenge": ch.id, "proof": proof }),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -168,9 +170,17 @@ async fn names_are_never_empty() {
         let key = new_node_key().public_key().to_string();
         for (method, path, body) in [
             ("POST", "/api/v1/admin-tokens", json!({ "name": "" })),
-            ("POST", "/api/v1/admin-tokens", json!({ "name": "two words" })),
+            (
+                "POST",
+                "/api/v1/admin-tokens",
+                json!({ "name": "two words" }),
+            ),
             ("POST", "/api/v1/admin-tokens", json!({ "name": "-x" })),
-            ("POST", "/api/v1/admin-tokens", json!({ "name": "x".repeat(64) })),
+            (
+                "POST",
+                "/api/v1/admin-tokens",
+                json!({ "name": "x".repeat(64) }),
+            ),
             (
                 "POST",
                 "/api/v1/networks",
@@ -237,7 +247,14 @@ async fn overlays_no_network_can_have_are_refused() {
             "100.065.0.0/24",
             "10.9.0.0/024",
         ] {
-            let v = refused(&f, "POST", "/api/v1/networks", &f.admin, create("x", overlay)).await;
+            let v = refused(
+                &f,
+                "POST",
+                "/api/v1/networks",
+                &f.admin,
+                create("x", overlay),
+            )
+            .await;
             assert!(v["message"].as_str().unwrap().contains("overlay"), "{v}");
         }
         // Overlapping the seed network's 100.64.0.0/24, from either side.
@@ -254,7 +271,11 @@ async fn overlays_no_network_can_have_are_refused() {
             assert_eq!(v["error"], "conflict", "{v}");
             assert!(v["message"].as_str().unwrap().contains("seed"), "{v}");
         }
-        assert_eq!(state(&f).await, before, "a refused overlay changed something");
+        assert_eq!(
+            state(&f).await,
+            before,
+            "a refused overlay changed something"
+        );
         // A neighbour that does not overlap is fine.
         let (s, v) = call(
             &f.svc,
@@ -286,7 +307,16 @@ async fn audit_pages_say_when_they_are_capped_and_refuse_bad_limits() {
         let get = |q: String| {
             let svc = f.svc.clone();
             let admin = f.admin.clone();
-            async move { call(&svc, "GET", &format!("/api/v1/audit{q}"), Some(&admin), None).await }
+            async move {
+                call(
+                    &svc,
+                    "GET",
+                    &format!("/api/v1/audit{q}"),
+                    Some(&admin),
+                    None,
+                )
+                .await
+            }
         };
         let (s, all) = get(String::new()).await;
         assert_eq!(s, StatusCode::OK);
@@ -321,9 +351,19 @@ async fn audit_pages_say_when_they_are_capped_and_refuse_bad_limits() {
         assert_eq!(page["truncated"], false, "{page}");
         // Past the end: empty, and the next page starts where this asked.
         let (_, page) = get(format!("?after={}", ids[6])).await;
-        assert_eq!(page, json!({ "entries": [], "truncated": false, "next_after": ids[6] }));
+        assert_eq!(
+            page,
+            json!({ "entries": [], "truncated": false, "next_after": ids[6] })
+        );
 
-        for q in ["?limit=-1", "?limit=0", "?limit=1001", "?after=-1", "?limit=abc", "?after=1.5"] {
+        for q in [
+            "?limit=-1",
+            "?limit=0",
+            "?limit=1001",
+            "?after=-1",
+            "?limit=abc",
+            "?after=1.5",
+        ] {
             let (s, v) = get(q.to_owned()).await;
             assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
             assert_eq!(v["error"], "bad_request", "{v}");

@@ -134,7 +134,10 @@ async fn every_operation_says_what_it_takes_and_answers() {
             if ["post", "put", "patch", "delete"].contains(&method.as_str())
                 && path != "/api/v1/enroll/challenge"
             {
-                assert!(has("500") && has("503"), "{what}: a write documents 500 and 503");
+                assert!(
+                    has("500") && has("503"),
+                    "{what}: a write documents 500 and 503"
+                );
             }
             // Every error answer has the one error body.
             for (code, resp) in responses {

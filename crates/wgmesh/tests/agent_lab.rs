@@ -73,65 +73,6 @@ fn sqlite_url(lab: &Lab) -> String {
     format!("sqlite://{}/server.db", lab.log_dir().display())
 }
 
-/// A fresh PostgreSQL database on the server WGMESH_TEST_POSTGRES names
-/// (scripts/test.sh starts one), dropped when this goes, also on panic.
-/// The server in nyc reaches it over the Unix socket, which network
-/// namespaces do not separate.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn create(test: &str) -> Option<Self> {
-        let Ok(admin_url) = std::env::var("WGMESH_TEST_POSTGRES") else {
-            if std::env::var("WGMESH_SKIP_POSTGRES").as_deref() == Ok("1") {
-                eprintln!("{test}: skipped, WGMESH_SKIP_POSTGRES=1");
-                return None;
-            }
-            panic!(
-                "{test}: set WGMESH_TEST_POSTGRES (scripts/test.sh does), or WGMESH_SKIP_POSTGRES=1"
-            );
-        };
-        let name = format!("wgmesh_lab_{}", std::process::id());
-        psql(&admin_url, &format!("CREATE DATABASE {name}"));
-        let (base, query) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
-        let base = &base[..base.rfind('/').expect("a database in the URL")];
-        let url = if query.is_empty() {
-            format!("{base}/{name}")
-        } else {
-            format!("{base}/{name}?{query}")
-        };
-        Some(Self {
-            admin_url,
-            name,
-            url,
-        })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        psql(
-            &self.admin_url,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-fn psql(url: &str, sql: &str) {
-    let out = std::process::Command::new("psql")
-        .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// How the test reaches the server: the admin token, and with TLS the
 /// CA, certificate and key files.
 struct Ctl {
@@ -350,7 +291,7 @@ fn seed_mesh_on_postgres() {
     let Some(lab) = world(test) else {
         return;
     };
-    if let Some(pg) = PgDatabase::create(test) {
+    if let Some(pg) = support::PgDatabase::create(test, "wgmesh_lab") {
         seed_mesh(lab, pg.url.clone());
         drop(pg);
     }

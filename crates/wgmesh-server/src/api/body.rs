@@ -8,11 +8,11 @@
 //! (`#[serde(deny_unknown_fields)]`, `additionalProperties: false` in the
 //! document).
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderMap;
-use axum::Json;
+use axum::http::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -27,7 +27,12 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || essence
             .strip_prefix("application/")
@@ -73,7 +78,15 @@ mod tests {
     fn only_objects_and_json_types_pass() {
         assert!(is_object(b"{}"));
         assert!(is_object(b" \r\n\t{\"name\":\"a\"}"));
-        for not in [&b"[\"\"]"[..], b"\"x\"", b"1", b"null", b"", b"  ", b"\x0c{}"] {
+        for not in [
+            &b"[\"\"]"[..],
+            b"\"x\"",
+            b"1",
+            b"null",
+            b"",
+            b"  ",
+            b"\x0c{}",
+        ] {
             assert!(!is_object(not), "{not:?}");
         }
         let mut h = HeaderMap::new();

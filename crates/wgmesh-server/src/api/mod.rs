@@ -29,9 +29,9 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wgmesh_core::control::{
-    AUDIT_PAGE_MAX, AuditPage, CreateNetwork, CreateRelay, CreateSetupKey,
-    EndpointReport, EnrollChallenge, EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo,
-    RelayCreated, RelayInfo, RelayMembers, SetupKeyCreated, SetupKeyInfo, UpdateNode,
+    AUDIT_PAGE_MAX, AuditPage, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport,
+    EnrollChallenge, EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo,
+    RelayMembers, SetupKeyCreated, SetupKeyInfo, UpdateNode,
 };
 use wgmesh_core::netmap::NetworkMap;
 use wgmesh_core::netmap::policy::Policy;
@@ -71,7 +71,9 @@ pub fn routes() -> Vec<RouteDoc> {
         .as_object()
         .expect("invariant: the document has paths");
     for (path, item) in paths {
-        let item = item.as_object().expect("invariant: a path item is an object");
+        let item = item
+            .as_object()
+            .expect("invariant: a path item is an object");
         for (method, op) in item {
             let scheme = op["security"][0]
                 .as_object()

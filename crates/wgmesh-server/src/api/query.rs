@@ -30,4 +30,3 @@ pub struct AuditQuery {
 fn default_limit() -> i64 {
     AUDIT_PAGE_DEFAULT
 }
-

@@ -339,3 +339,64 @@ pub fn wgmesh_wg_up(
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A fresh PostgreSQL database on the server WGMESH_TEST_POSTGRES names
+/// (scripts/test.sh starts one), dropped when this goes, also on panic.
+/// A server in a lab namespace reaches it over the Unix socket, which
+/// network namespaces do not separate.
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// `prefix` keeps the names of different tests apart (the process id
+    /// those of runs at the same time).
+    pub fn create(test: &str, prefix: &str) -> Option<Self> {
+        let Ok(admin_url) = env::var("WGMESH_TEST_POSTGRES") else {
+            if env::var("WGMESH_SKIP_POSTGRES").as_deref() == Ok("1") {
+                eprintln!("{test}: skipped, WGMESH_SKIP_POSTGRES=1");
+                return None;
+            }
+            panic!(
+                "{test}: set WGMESH_TEST_POSTGRES (scripts/test.sh does), or WGMESH_SKIP_POSTGRES=1"
+            );
+        };
+        let name = format!("{prefix}_{}", std::process::id());
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let (base, query) = admin_url.split_once('?').unwrap_or((&admin_url, ""));
+        let base = &base[..base.rfind('/').expect("a database in the URL")];
+        let url = if query.is_empty() {
+            format!("{base}/{name}")
+        } else {
+            format!("{base}/{name}?{query}")
+        };
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
