@@ -14,7 +14,7 @@
 //! | admin | `GET,PUT /networks/{network}/policy` | [`crate::netmap::policy::Policy`] |
 //! | admin | `GET /nodes`, `GET,PATCH,DELETE /nodes/{id}` | [`UpdateNode`] → [`NodeInfo`] |
 //! | admin | `GET,POST /setup-keys`, `DELETE /setup-keys/{id}` | [`CreateSetupKey`] → [`SetupKeyCreated`] / [`SetupKeyInfo`] |
-//! | admin | `GET /audit?after=ID&limit=N` | → [`AuditEntry`]s |
+//! | admin | `GET /audit?after=ID&limit=N` | → [`AuditPage`] of [`AuditEntry`]s |
 //! | admin | `GET,POST /relays`, `DELETE /relays/{id}` | [`CreateRelay`] → [`RelayCreated`] / [`RelayInfo`] |
 //! | relay | `GET /relay/members` | → [`RelayMembers`] |
 //!
