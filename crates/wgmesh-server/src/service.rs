@@ -402,12 +402,14 @@ impl Service {
                 req.udp
             )));
         }
-        if let Some(url) = &req.ws_url {
-            if !crate::validate::ws_url_ok(url) {
-                return Err(ServiceError::BadRequest(format!(
-                    "relay WebSocket URL {url:?} must be ws:// or wss://"
-                )));
-            }
+        if let Some(url) = req
+            .ws_url
+            .as_deref()
+            .filter(|u| !crate::validate::ws_url_ok(u))
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "relay WebSocket URL {url:?} must be ws:// or wss:// and printable ASCII, at most 2048"
+            )));
         }
         let mut world = self.world.lock().await;
         if world.relays.values().any(|r| r.name == req.name) {
