@@ -194,7 +194,10 @@ impl<'de> Deserialize<'de> for Selector {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rule {
     pub action: Action,
+    /// At least one ([`Policy::check`]).
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub from: Vec<Selector>,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub to: Vec<Selector>,
     #[serde(default)]
     pub proto: Proto,
