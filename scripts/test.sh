@@ -17,6 +17,10 @@ PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iput
 # The durability tests: an ext4 on a loop device forced read-only (mkfs.ext4, e2fsck, losetup).
 PACKAGES+=(e2fsprogs mount)
 
+# Python for the API test tools (Schemathesis, openapi-spec-validator), in a
+# venv of their own (section "API test tools" below).
+PACKAGES+=(python3 python3-venv)
+
 section "Dependencies"
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
@@ -64,6 +68,21 @@ END $$;
 SQL
 export WGMESH_TEST_POSTGRES="postgres://root@localhost/postgres?host=/var/run/postgresql"
 echo "WGMESH_TEST_POSTGRES=$WGMESH_TEST_POSTGRES"
+
+section "API test tools"
+# Pinned in tests/api/requirements.txt; the tests find them through
+# WGMESH_API_VENV and fail (never skip) without them.
+api_venv="$PWD/target/venv-api"
+if [[ ! -x $api_venv/bin/pip ]]; then
+    python3 -m venv "$api_venv"
+fi
+if ! cmp -s tests/api/requirements.txt "$api_venv/requirements.txt"; then
+    "$api_venv/bin/pip" install --quiet --disable-pip-version-check -r tests/api/requirements.txt
+    cp tests/api/requirements.txt "$api_venv/requirements.txt"
+fi
+"$api_venv/bin/schemathesis" --version
+"$api_venv/bin/openapi-spec-validator" --version
+export WGMESH_API_VENV="$api_venv"
 
 section "Existing lab namespaces"
 stale=$(ip netns list | awk '{print $1}' | grep -E '^wg[ml]-' || true)

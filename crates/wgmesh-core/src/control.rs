@@ -14,7 +14,7 @@
 //! | admin | `GET,PUT /networks/{network}/policy` | [`crate::netmap::policy::Policy`] |
 //! | admin | `GET /nodes`, `GET,PATCH,DELETE /nodes/{id}` | [`UpdateNode`] → [`NodeInfo`] |
 //! | admin | `GET,POST /setup-keys`, `DELETE /setup-keys/{id}` | [`CreateSetupKey`] → [`SetupKeyCreated`] / [`SetupKeyInfo`] |
-//! | admin | `GET /audit?after=ID&limit=N` | → [`AuditEntry`]s |
+//! | admin | `GET /audit?after=ID&limit=N` | → [`AuditPage`] of [`AuditEntry`]s |
 //! | admin | `GET,POST /relays`, `DELETE /relays/{id}` | [`CreateRelay`] → [`RelayCreated`] / [`RelayInfo`] |
 //! | relay | `GET /relay/members` | → [`RelayMembers`] |
 //!
@@ -42,6 +42,7 @@ pub const RELAY_TOKEN_PREFIX: &str = "wgr_";
 /// How a network's nodes connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Topology {
     /// Every pair directly where one side is reachable, through a hub
     /// where both are behind NAT.
@@ -53,16 +54,23 @@ pub enum Topology {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateNetwork {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::IpNetText))]
+    #[serde(deserialize_with = "crate::schema::deserialize_ip_net")]
     pub overlay: IpNet,
     #[serde(default)]
     pub topology: Topology,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkInfo {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::IpNetText))]
     pub overlay: IpNet,
     pub topology: Topology,
     pub nodes: u64,
@@ -73,6 +81,7 @@ pub struct NetworkInfo {
 /// [`ENROLL_CHALLENGE_SECS`], that an enrolment must answer to prove it
 /// holds the private key of the public key it enrols.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollChallenge {
     pub id: String,
     /// A fresh X25519 key of the server's for this challenge only.
@@ -172,6 +181,7 @@ fn proof_mac(
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollRequest {
     pub setup_key: String,
     pub public_key: PublicKey,
@@ -181,12 +191,14 @@ pub struct EnrollRequest {
     pub proof: String,
     /// The node's name in the network (a DNS label); the server refuses a
     /// name another key holds.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
     #[serde(default)]
     pub endpoints: EndpointReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub node: NodeInfo,
     /// Shown once: the node's bearer secret for the node routes.
@@ -197,12 +209,15 @@ pub struct EnrollResponse {
 /// Where a node can be reached on the underlay.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointReport {
     /// Its interface addresses with the engine's UDP port.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::SocketAddrText>, max_items = 64))]
     pub local: Vec<SocketAddr>,
     /// What a STUN server saw as the source of the engine's socket.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::SocketAddrText>))]
     pub reflexive: Option<SocketAddr>,
     /// How the node's NAT maps, from asking two STUN servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,6 +229,7 @@ pub struct EndpointReport {
 /// mapping half; filtering cannot be seen this way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NatType {
     /// No NAT: the reflexive address is one of the node's own.
     Open,
@@ -247,12 +263,17 @@ impl NatType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     pub id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub network: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
     pub public_key: PublicKey,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::IpAddrText))]
     pub address: IpAddr,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::NameText>))]
     pub groups: Vec<String>,
     pub hub: bool,
     /// Reaches the other non-hub nodes only through the primary hub.
@@ -271,10 +292,12 @@ pub struct NodeInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateNode {
     #[serde(default)]
     pub hub: Option<bool>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<crate::schema::NameText>>))]
     pub groups: Option<Vec<String>>,
     #[serde(default)]
     pub via_hub: Option<bool>,
@@ -282,18 +305,23 @@ pub struct UpdateNode {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateSetupKey {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub network: String,
     /// Usable by any number of nodes (up to `usage_limit`) rather than one.
     #[serde(default)]
     pub reusable: bool,
     /// Seconds from now; none for no expiry.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub expires_in: Option<i64>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub usage_limit: Option<i64>,
     /// Groups every node enrolled with it joins.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::NameText>))]
     pub groups: Vec<String>,
     /// Enrolled nodes become hubs.
     #[serde(default)]
@@ -305,8 +333,10 @@ pub struct CreateSetupKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetupKeyInfo {
     pub id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub network: String,
     /// The first characters of the key, to recognise it.
     pub prefix: String,
@@ -314,6 +344,7 @@ pub struct SetupKeyInfo {
     pub expires_at: Option<i64>,
     pub usage_limit: Option<i64>,
     pub used: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::NameText>))]
     pub groups: Vec<String>,
     pub hub: bool,
     #[serde(default)]
@@ -323,6 +354,7 @@ pub struct SetupKeyInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetupKeyCreated {
     pub info: SetupKeyInfo,
     /// Shown once.
@@ -333,30 +365,38 @@ pub struct SetupKeyCreated {
 /// nodes may use it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRelay {
     /// A DNS label, unique among the relays.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
     /// The relay's static X25519 key (`wgmesh relay pubkey`).
     pub public_key: PublicKey,
     /// Where nodes send relay frames over UDP (the same port answers STUN).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::SocketAddrText))]
     pub udp: SocketAddr,
     /// The WebSocket URL for networks that block UDP, e.g.
     /// `wss://relay.example/relay`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::WsUrlText>))]
     pub ws_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelayInfo {
     pub id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
     pub public_key: PublicKey,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::SocketAddrText))]
     pub udp: SocketAddr,
     pub ws_url: Option<String>,
     pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelayCreated {
     pub info: RelayInfo,
     /// Shown once: the relay's bearer secret for `GET /relay/members`.
@@ -366,12 +406,31 @@ pub struct RelayCreated {
 /// The nodes a relay serves: every enrolled node's public key (the relay's
 /// `--server` poll, docs/relay.md "The members contract").
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelayMembers {
     pub public_keys: Vec<PublicKey>,
 }
 
+/// `GET /audit`: a page of the audit log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditPage {
+    /// At most `limit` entries with ids above `after`, by id.
+    pub entries: Vec<AuditEntry>,
+    /// More entries follow this page: ask again with `after=next_after`.
+    pub truncated: bool,
+    /// The `after` for the next page: the last entry's id (the request's
+    /// `after` when the page is empty).
+    pub next_after: i64,
+}
+
+/// Most audit entries one page holds, and the default.
+pub const AUDIT_PAGE_MAX: i64 = 1000;
+pub const AUDIT_PAGE_DEFAULT: i64 = 100;
+
 /// One audited change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: i64,
     /// Unix milliseconds.
@@ -388,6 +447,7 @@ pub struct AuditEntry {
 
 /// The body of every error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiErrorBody {
     /// Machine-readable, e.g. `unauthorized`, `not_found`, `conflict`.
     pub error: String,

@@ -14,4 +14,5 @@ pub mod control;
 pub mod key;
 pub mod netmap;
 pub mod plan;
+pub mod schema;
 pub mod wgquick;

@@ -21,6 +21,7 @@ pub mod secrets;
 pub mod serve;
 pub mod service;
 pub mod stun_server;
+pub mod validate;
 pub mod world;
 
 pub use api::app;

@@ -15,9 +15,9 @@ use serde::Serialize;
 use sqlx::Row;
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 use wgmesh_core::control::{
-    self, AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollChallenge,
-    EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers,
-    SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
+    self, AuditEntry, AuditPage, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport,
+    EnrollChallenge, EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo,
+    RelayMembers, SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
 };
 use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::policy::Policy;
@@ -362,6 +362,11 @@ impl Service {
         actor: &Actor,
         name: &str,
     ) -> Result<String, ServiceError> {
+        if !valid_name(name) {
+            return Err(ServiceError::BadRequest(format!(
+                "invalid admin token name {name:?}: letters, digits, '-' and '_', at most 63"
+            )));
+        }
         let mut world = self.world.lock().await;
         let secret =
             secrets::generate(control::ADMIN_TOKEN_PREFIX).map_err(ServiceError::Random)?;
@@ -442,15 +447,14 @@ impl Service {
                 req.udp
             )));
         }
-        if let Some(url) = &req.ws_url {
-            let ok = (url.starts_with("wss://") || url.starts_with("ws://"))
-                && url.len() <= 2048
-                && !url.chars().any(char::is_whitespace);
-            if !ok {
-                return Err(ServiceError::BadRequest(format!(
-                    "relay WebSocket URL {url:?} must be ws:// or wss://"
-                )));
-            }
+        if let Some(url) = req
+            .ws_url
+            .as_deref()
+            .filter(|u| !crate::validate::ws_url_ok(u))
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "relay WebSocket URL {url:?} must be ws:// or wss:// and printable ASCII, at most 2048"
+            )));
         }
         let mut world = self.world.lock().await;
         if world.relays.values().any(|r| r.name == req.name) {
@@ -586,11 +590,29 @@ impl Service {
                 "overlay {overlay} is too small for a network"
             )));
         }
+        if let Some(why) = crate::validate::overlay_refusal(&overlay) {
+            return Err(ServiceError::BadRequest(why));
+        }
         let mut world = self.world.lock().await;
         if world.network_by_name(&req.name).is_some() {
             return Err(ServiceError::conflict(
                 "name",
                 format!("network {:?} already exists", req.name),
+            ));
+        }
+        // Two networks on one host (one key may join both) would route
+        // the shared addresses two ways.
+        if let Some(other) = world
+            .networks
+            .values()
+            .find(|n| crate::validate::overlap(&n.overlay, &overlay))
+        {
+            return Err(ServiceError::conflict(
+                "overlay",
+                format!(
+                    "overlay {overlay} overlaps network {:?} ({})",
+                    other.name, other.overlay
+                ),
             ));
         }
         let policy = Policy::default();
@@ -1256,16 +1278,29 @@ impl Service {
         Ok(info)
     }
 
-    pub async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditEntry>, ServiceError> {
+    /// A page of the audit log: at most `limit` (1 to
+    /// [`control::AUDIT_PAGE_MAX`]) entries after `after`, and whether
+    /// more follow.
+    pub async fn audit_log(&self, after: i64, limit: i64) -> Result<AuditPage, ServiceError> {
+        if after < 0 || !(1..=control::AUDIT_PAGE_MAX).contains(&limit) {
+            return Err(ServiceError::BadRequest(format!(
+                "after must be 0 or more and limit 1 to {}",
+                control::AUDIT_PAGE_MAX
+            )));
+        }
+        // One row more than the page, to tell whether it was capped.
         let rows = sqlx::query(
             "SELECT id, at, actor, action, target, before_json, after_json FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)
-        .bind(limit.clamp(1, 1000))
+        .bind(limit + 1)
         .fetch_all(&self.db.pool)
         .await?;
+        let truncated = rows.len() as i64 > limit;
         let value = |s: Option<String>| s.and_then(|s| serde_json::from_str(&s).ok());
-        rows.into_iter()
+        let entries = rows
+            .into_iter()
+            .take(limit as usize)
             .map(|r| {
                 Ok(AuditEntry {
                     id: r.try_get("id")?,
@@ -1277,7 +1312,13 @@ impl Service {
                     after: value(r.try_get("after_json")?),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<AuditEntry>, ServiceError>>()?;
+        let next_after = entries.last().map_or(after, |e| e.id);
+        Ok(AuditPage {
+            entries,
+            truncated,
+            next_after,
+        })
     }
 
     /// For metrics: (nodes, online nodes).

@@ -12,7 +12,7 @@ use support::{TestDb, backends, call, service};
 use wgmesh_core::control::{EnrollChallenge, enroll_proof};
 use wgmesh_core::key::PrivateKey;
 use wgmesh_core::netmap::MapUpdate;
-use wgmesh_server::api::{Access, ROUTES};
+use wgmesh_server::api::{Access, routes};
 use wgmesh_server::service::{Actor, Service, ServiceConfig};
 
 fn new_key() -> String {
@@ -187,12 +187,13 @@ async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
         let before = state(&f).await;
         let key = new_key();
         let mut checked = 0;
-        for route in ROUTES {
+        let table = routes();
+        for route in &table {
             let path = route
                 .path
                 .replace("{network}", "seed")
                 .replace("{id}", &f.b.0.to_string());
-            let body = || body_for(route.method, route.path, &key);
+            let body = || body_for(&route.method, &route.path, &key);
             // A valid secret of each other kind.
             let [wrong1, wrong2] = match route.access {
                 Access::Public => continue,
@@ -210,15 +211,15 @@ async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
                 (Some(wrong2), StatusCode::FORBIDDEN),
             ];
             for (token, want) in cases {
-                let (got, v) = call(&f.svc, route.method, &path, token, body()).await;
+                let (got, v) = call(&f.svc, &route.method, &path, token, body()).await;
                 assert_eq!(got, want, "{} {} with {token:?}: {v}", route.method, path);
                 assert!(v["error"].is_string(), "error body: {v}");
                 checked += 1;
             }
         }
-        let protected = ROUTES.iter().filter(|r| r.access != Access::Public).count();
+        let protected = table.iter().filter(|r| r.access != Access::Public).count();
         assert!(protected >= 21, "the table lost routes");
-        assert!(ROUTES.iter().any(|r| r.access == Access::Relay));
+        assert!(table.iter().any(|r| r.access == Access::Relay));
         assert_eq!(checked, protected * 7);
         // A refused enrolment (unknown setup key) is refused too.
         let (s, _) = enroll(&f.svc, "wgs_nope", "evil", &new_node_key()).await;
@@ -248,13 +249,18 @@ async fn every_protected_route_refuses_missing_wrong_and_foreign_credentials() {
 async fn every_documented_route_is_served_and_public_ones_answer() {
     let db = support::sqlite();
     let f = fixture(&db).await;
-    for route in ROUTES.iter().filter(|r| r.access == Access::Public) {
+    // The router is built from the same attributes as the document
+    // (utoipa_axum::routes!), so every documented route is served; check
+    // that the public ones answer without a credential.
+    let table = routes();
+    assert!(table.len() >= 24, "the document lost routes: {table:?}");
+    for route in table.iter().filter(|r| r.access == Access::Public) {
         let (s, v) = call(
             &f.svc,
-            route.method,
-            route.path,
+            &route.method,
+            &route.path,
             None,
-            body_for(route.method, route.path, &new_key()),
+            body_for(&route.method, &route.path, &new_key()),
         )
         .await;
         assert_ne!(
@@ -272,15 +278,8 @@ async fn every_documented_route_is_served_and_public_ones_answer() {
             route.path
         );
     }
-    let (_, doc) = call(&f.svc, "GET", "/api/v1/openapi.json", None, None).await;
-    for route in ROUTES {
-        assert!(
-            doc["paths"][route.path][route.method.to_ascii_lowercase()].is_object(),
-            "{} {} missing from the OpenAPI document",
-            route.method,
-            route.path
-        );
-    }
+    // /metrics moves to its own listener: not part of the API document.
+    assert!(!table.iter().any(|r| r.path == "/metrics"));
     let (s, _) = call(&f.svc, "GET", "/api/v1/nope", Some(&f.admin), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
@@ -565,7 +564,8 @@ async fn a_restarted_server_resumes_with_its_state() {
             StatusCode::OK
         );
         // The audit log holds every change, each with its actor.
-        let (_, audit) = call(&g.svc, "GET", "/api/v1/audit", Some(&g.admin), None).await;
+        let (_, page) = call(&g.svc, "GET", "/api/v1/audit", Some(&g.admin), None).await;
+        let audit = &page["entries"];
         let actions: Vec<&str> = audit
             .as_array()
             .unwrap()
@@ -853,7 +853,7 @@ async fn relays_reach_every_map_serve_members_and_are_revoked_on_delete() {
             None,
         )
         .await;
-        let entries: Vec<&Value> = audit
+        let entries: Vec<&Value> = audit["entries"]
             .as_array()
             .unwrap()
             .iter()

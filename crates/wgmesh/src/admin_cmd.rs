@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wgmesh_agent::client::Client;
 use wgmesh_core::control::{
-    AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, NetworkInfo, NodeInfo, RelayCreated,
+    AuditPage, CreateNetwork, CreateRelay, CreateSetupKey, NetworkInfo, NodeInfo, RelayCreated,
     RelayInfo, SetupKeyCreated, SetupKeyInfo, Topology, UpdateNode,
 };
 use wgmesh_core::key::PublicKey;
@@ -150,10 +150,13 @@ enum PolicyCmd {
 
 #[derive(Debug, Subcommand)]
 enum AuditCmd {
-    /// The latest entries (after ID with --after).
+    /// The oldest entries, or those after ID with --after; says on stderr
+    /// when more follow (--json: the page, with `truncated` and
+    /// `next_after`).
     Tail {
         #[arg(long, default_value_t = 0)]
         after: i64,
+        /// 1 to 1000.
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
@@ -452,13 +455,20 @@ async fn dispatch(ctx: &Ctx, command: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Audit(AuditCmd::Tail { after, limit }) => {
-            let v: Vec<AuditEntry> = ctx
+            let v: AuditPage = ctx
                 .get(&format!("api/v1/audit?after={after}&limit={limit}"))
                 .await?;
+            if v.truncated {
+                // On stderr, so that stdout stays the page (or its JSON).
+                eprintln!(
+                    "more entries follow: wgmesh admin audit tail --after {}",
+                    v.next_after
+                );
+            }
             ctx.print(&v, || {
                 table(
                     &["ID", "AT (ms)", "ACTOR", "ACTION", "TARGET"],
-                    v.iter().map(|e| {
+                    v.entries.iter().map(|e| {
                         vec![
                             e.id.to_string(),
                             e.at.to_string(),

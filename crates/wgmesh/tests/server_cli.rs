@@ -152,7 +152,8 @@ fn init_serve_and_administer_from_the_shell() {
 
     let audit: serde_json::Value =
         serde_json::from_str(&admin(&url, &token, &["audit", "tail", "--json"])).unwrap();
-    let actions: Vec<&str> = audit
+    assert_eq!(audit["truncated"], false, "{audit}");
+    let actions: Vec<&str> = audit["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -167,5 +168,17 @@ fn init_serve_and_administer_from_the_shell() {
             "policy.set"
         ]
     );
+    // A capped page says so, and where the next one starts.
+    let out = wgmesh()
+        .args(["admin", "audit", "tail", "--limit", "2"])
+        .env("WGMESH_SERVER", &url)
+        .env("WGMESH_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more entries follow"), "{stderr}");
+    let next = audit["entries"][1]["id"].as_i64().unwrap();
+    assert!(stderr.contains(&format!("--after {next}")), "{stderr}");
     drop(server);
 }

@@ -27,14 +27,17 @@ pub use policy::{Action, FilterRule, PortRange, Proto};
 
 /// Everything one node needs to run its part of the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkMap {
     /// The network's name.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub network: String,
     /// Grows by one with every change to this node's map; deltas name the
     /// version they apply to.
     pub version: u64,
     /// The overlay prefix of the network (also the prefix length of
     /// `node.address`).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::IpNetText))]
     pub overlay: IpNet,
     pub node: SelfNode,
     /// The other nodes this node may reach after policy and topology,
@@ -52,11 +55,14 @@ pub struct NetworkMap {
 /// A relay, as a node needs it to register and send through it
 /// (docs/relay.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MapRelay {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
     /// The relay's static X25519 key: the node's hello is sealed to it.
     pub public_key: PublicKey,
     /// Relay frames over UDP (the same port answers STUN).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::SocketAddrText))]
     pub udp: SocketAddr,
     /// WebSocket over TLS, for networks that block UDP.
     pub ws_url: Option<String>,
@@ -64,10 +70,13 @@ pub struct MapRelay {
 
 /// The receiving node itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SelfNode {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
     pub public_key: PublicKey,
     /// Its overlay address, with the network's prefix length.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::IpNetText))]
     pub address: IpNet,
     /// A hub forwards between nodes that cannot reach each other directly;
     /// its agent turns IP forwarding on.
@@ -77,6 +86,7 @@ pub struct SelfNode {
 /// How packets for a peer leave this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Route {
     /// A WireGuard peer of this node. `keepalive` is set when this side is
     /// behind NAT and the other is not: this side dials, and keeps its
@@ -90,15 +100,20 @@ pub enum Route {
 
 /// Another node, as the receiving node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MapPeer {
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::NameText))]
     pub name: String,
     pub public_key: PublicKey,
     /// Its overlay address.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::IpAddrText))]
     pub address: IpAddr,
     /// The WireGuard AllowedIPs for this peer (empty for [`Route::ViaHub`]).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::IpNetText>))]
     pub allowed_ips: Vec<IpNet>,
     /// Its known underlay endpoints, best first: public ones it reported
     /// or the server observed.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::SocketAddrText>))]
     pub endpoints: Vec<SocketAddr>,
     pub route: Route,
     /// How its NAT maps, as it reported (for `wgmesh status`'s reasons).
@@ -112,6 +127,7 @@ pub struct MapPeer {
 /// One message of the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MapUpdate {
     /// The whole map: the first message of every stream, and whenever the
     /// node itself, the network's settings or the server's relays change.
@@ -121,6 +137,7 @@ pub enum MapUpdate {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MapDelta {
     pub from_version: u64,
     pub version: u64,

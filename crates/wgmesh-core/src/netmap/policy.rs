@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 /// What happens to a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Action {
     Allow,
     Deny,
@@ -37,6 +38,7 @@ pub enum Action {
 /// The transport a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Proto {
     #[default]
     Any,
@@ -88,9 +90,17 @@ impl FromStr for PortRange {
     type Err = PolicyError;
     fn from_str(s: &str) -> Result<Self, PolicyError> {
         let bad = || PolicyError::BadPorts(s.to_owned());
+        // Decimal digits without a sign, spaces or leading zeros: one
+        // spelling per range, the one the API documents
+        // ([`crate::schema::PORT_RANGE`]) and [`fmt::Display`] writes.
+        let port = |t: &str| {
+            let canonical =
+                !t.is_empty() && !t.starts_with('0') && t.bytes().all(|b| b.is_ascii_digit());
+            canonical.then(|| t.parse::<u16>().ok()).flatten()
+        };
         let (a, b) = s.split_once('-').unwrap_or((s, s));
-        let first = a.trim().parse().map_err(|_| bad())?;
-        let last = b.trim().parse().map_err(|_| bad())?;
+        let first = port(a).ok_or_else(bad)?;
+        let last = port(b).ok_or_else(bad)?;
         Self::new(first, last).map_err(|_| bad())
     }
 }
@@ -181,9 +191,13 @@ impl<'de> Deserialize<'de> for Selector {
 /// One rule as the operator writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rule {
     pub action: Action,
+    /// At least one ([`Policy::check`]).
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub from: Vec<Selector>,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub to: Vec<Selector>,
     #[serde(default)]
     pub proto: Proto,
@@ -194,6 +208,7 @@ pub struct Rule {
 /// A network's whole policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Policy {
     pub default: Action,
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
@@ -212,6 +227,7 @@ impl Default for Policy {
 
 /// A compiled rule: one that can match packets between one ordered pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FilterRule {
     pub action: Action,
     pub proto: Proto,

@@ -1,37 +1,45 @@
 //! The REST API under `/api/v1`, plus `/metrics` and `/healthz`.
 //!
-//! [`app`] builds the router from the service; [`ROUTES`] lists every
-//! route with who may call it, and is the one source of both the OpenAPI
-//! document ([`openapi`]) and the table-driven authorization tests.
+//! [`api_router`] registers every route and its OpenAPI operation from
+//! the handler's `#[utoipa::path]` at once ([`openapi`]); [`app`] serves
+//! it. [`routes`] lists the documented routes with who may call them (from
+//! each operation's `security`), for the table-driven authorization
+//! tests.
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod openapi;
+mod query;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wgmesh_core::control::{
-    AuditEntry, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport, EnrollChallenge,
-    EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo, RelayMembers,
-    SetupKeyCreated, SetupKeyInfo, UpdateNode,
+    AUDIT_PAGE_MAX, AuditPage, CreateNetwork, CreateRelay, CreateSetupKey, EndpointReport,
+    EnrollChallenge, EnrollRequest, EnrollResponse, NetworkInfo, NodeInfo, RelayCreated, RelayInfo,
+    RelayMembers, SetupKeyCreated, SetupKeyInfo, UpdateNode,
 };
 use wgmesh_core::netmap::NetworkMap;
 use wgmesh_core::netmap::policy::Policy;
 
 use self::auth::{Admin, NodeAuth, RelayAuth};
+use self::body::Body;
 use self::error::ApiError;
+use self::openapi::{Busy, Denied, EnrollRefused, Internal, Invalid, Missing, Storage, Taken};
 use crate::service::Service;
 
 /// Who may call a route.
@@ -45,267 +53,79 @@ pub enum Access {
     Relay,
 }
 
-/// A route: method, path (axum syntax), access, one-line summary.
-#[derive(Debug, Clone, Copy)]
+/// A documented route: method (upper case), path (OpenAPI and axum
+/// syntax, `{id}`), who may call it, its summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteDoc {
-    pub method: &'static str,
-    pub path: &'static str,
+    pub method: String,
+    pub path: String,
     pub access: Access,
-    pub summary: &'static str,
-    /// Request and response body schema names (control.rs types).
-    pub request: Option<&'static str>,
-    pub response: Option<&'static str>,
+    pub summary: String,
 }
 
-const fn r(
-    method: &'static str,
-    path: &'static str,
-    access: Access,
-    summary: &'static str,
-    request: Option<&'static str>,
-    response: Option<&'static str>,
-) -> RouteDoc {
-    RouteDoc {
-        method,
-        path,
-        access,
-        summary,
-        request,
-        response,
+/// Every operation of the document, read back from it.
+pub fn routes() -> Vec<RouteDoc> {
+    let doc = openapi::json();
+    let mut out = Vec::new();
+    let paths = doc["paths"]
+        .as_object()
+        .expect("invariant: the document has paths");
+    for (path, item) in paths {
+        let item = item
+            .as_object()
+            .expect("invariant: a path item is an object");
+        for (method, op) in item {
+            let scheme = op["security"][0]
+                .as_object()
+                .and_then(|s| s.keys().next().cloned());
+            let access = match scheme.as_deref() {
+                None => Access::Public,
+                Some(openapi::ADMIN) => Access::Admin,
+                Some(openapi::NODE) => Access::Node,
+                Some(openapi::RELAY) => Access::Relay,
+                Some(other) => panic!("invariant: known security scheme, not {other}"),
+            };
+            out.push(RouteDoc {
+                method: method.to_ascii_uppercase(),
+                path: path.clone(),
+                access,
+                summary: op["summary"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
     }
+    out
 }
 
-use Access::{Admin as A, Node as N, Public as P, Relay as R};
-
-pub const ROUTES: &[RouteDoc] = &[
-    r(
-        "GET",
-        "/api/v1/openapi.json",
-        P,
-        "This document.",
-        None,
-        None,
-    ),
-    r(
-        "POST",
-        "/api/v1/enroll/challenge",
-        P,
-        "A one-use challenge an enrolment answers to prove it holds its key.",
-        None,
-        Some("EnrollChallenge"),
-    ),
-    r(
-        "POST",
-        "/api/v1/enroll",
-        P,
-        "Enrol a node with a setup key and its public key.",
-        Some("EnrollRequest"),
-        Some("EnrollResponse"),
-    ),
-    r(
-        "GET",
-        "/api/v1/node/map",
-        N,
-        "The calling node's full network map.",
-        None,
-        Some("NetworkMap"),
-    ),
-    r(
-        "GET",
-        "/api/v1/node/map/stream",
-        N,
-        "Server-sent events: `map` events, each a MapUpdate (a full map, then deltas).",
-        None,
-        Some("MapUpdate"),
-    ),
-    r(
-        "POST",
-        "/api/v1/node/endpoints",
-        N,
-        "Report the calling node's underlay endpoints.",
-        Some("EndpointReport"),
-        None,
-    ),
-    r(
-        "GET",
-        "/api/v1/networks",
-        A,
-        "List networks.",
-        None,
-        Some("NetworkInfo[]"),
-    ),
-    r(
-        "POST",
-        "/api/v1/networks",
-        A,
-        "Create a network.",
-        Some("CreateNetwork"),
-        Some("NetworkInfo"),
-    ),
-    r(
-        "GET",
-        "/api/v1/networks/{network}",
-        A,
-        "One network.",
-        None,
-        Some("NetworkInfo"),
-    ),
-    r(
-        "GET",
-        "/api/v1/networks/{network}/policy",
-        A,
-        "A network's access policy.",
-        None,
-        Some("Policy"),
-    ),
-    r(
-        "PUT",
-        "/api/v1/networks/{network}/policy",
-        A,
-        "Replace a network's access policy.",
-        Some("Policy"),
-        Some("Policy"),
-    ),
-    r(
-        "GET",
-        "/api/v1/nodes",
-        A,
-        "List nodes (`?network=NAME` to filter).",
-        None,
-        Some("NodeInfo[]"),
-    ),
-    r(
-        "GET",
-        "/api/v1/nodes/{id}",
-        A,
-        "One node.",
-        None,
-        Some("NodeInfo"),
-    ),
-    r(
-        "PATCH",
-        "/api/v1/nodes/{id}",
-        A,
-        "Change a node's groups or hub role.",
-        Some("UpdateNode"),
-        Some("NodeInfo"),
-    ),
-    r(
-        "DELETE",
-        "/api/v1/nodes/{id}",
-        A,
-        "Remove a node: every peer drops it at once.",
-        None,
-        Some("NodeInfo"),
-    ),
-    r(
-        "GET",
-        "/api/v1/setup-keys",
-        A,
-        "List setup keys (never the secrets).",
-        None,
-        Some("SetupKeyInfo[]"),
-    ),
-    r(
-        "POST",
-        "/api/v1/setup-keys",
-        A,
-        "Create a setup key; the secret is shown once.",
-        Some("CreateSetupKey"),
-        Some("SetupKeyCreated"),
-    ),
-    r(
-        "DELETE",
-        "/api/v1/setup-keys/{id}",
-        A,
-        "Revoke a setup key.",
-        None,
-        Some("SetupKeyInfo"),
-    ),
-    r(
-        "GET",
-        "/api/v1/audit",
-        A,
-        "Audit log entries after `?after=ID`, at most `?limit=N` (≤ 1000).",
-        None,
-        Some("AuditEntry[]"),
-    ),
-    r(
-        "POST",
-        "/api/v1/admin-tokens",
-        A,
-        "Create another admin API token; shown once.",
-        Some("CreateAdminToken"),
-        Some("AdminTokenCreated"),
-    ),
-    r(
-        "GET",
-        "/api/v1/relays",
-        A,
-        "List relays (never their tokens).",
-        None,
-        Some("RelayInfo[]"),
-    ),
-    r(
-        "POST",
-        "/api/v1/relays",
-        A,
-        "Register a relay (server-wide); its token is shown once. Every connected node gets a full map listing it.",
-        Some("CreateRelay"),
-        Some("RelayCreated"),
-    ),
-    r(
-        "DELETE",
-        "/api/v1/relays/{id}",
-        A,
-        "Remove a relay: its token stops working, every map drops it.",
-        None,
-        Some("RelayInfo"),
-    ),
-    r(
-        "GET",
-        "/api/v1/relay/members",
-        R,
-        "The public keys of every enrolled node, for the calling relay.",
-        None,
-        Some("RelayMembers"),
-    ),
-    r("GET", "/metrics", P, "Prometheus metrics.", None, None),
-    r("GET", "/healthz", P, "Liveness.", None, None),
-];
+/// Every documented route, in the router and in `base`'s paths at once.
+pub fn api_router(base: utoipa::openapi::OpenApi) -> OpenApiRouter<Arc<Service>> {
+    OpenApiRouter::with_openapi(base)
+        .routes(routes!(openapi_doc))
+        .routes(routes!(enroll_challenge))
+        .routes(routes!(enroll))
+        .routes(routes!(node_map))
+        .routes(routes!(node_map_stream))
+        .routes(routes!(node_endpoints))
+        .routes(routes!(list_networks, create_network))
+        .routes(routes!(get_network))
+        .routes(routes!(get_policy, put_policy))
+        .routes(routes!(list_nodes))
+        .routes(routes!(get_node, patch_node, delete_node))
+        .routes(routes!(list_setup_keys, create_setup_key))
+        .routes(routes!(revoke_setup_key))
+        .routes(routes!(audit))
+        .routes(routes!(create_admin_token))
+        .routes(routes!(list_relays, create_relay))
+        .routes(routes!(delete_relay))
+        .routes(routes!(relay_members))
+        .routes(routes!(healthz))
+}
 
 /// The whole HTTP app.
 pub fn app(svc: Arc<Service>) -> Router {
-    Router::new()
-        .route("/api/v1/openapi.json", get(openapi_doc))
-        .route("/api/v1/enroll/challenge", post(enroll_challenge))
-        .route("/api/v1/enroll", post(enroll))
-        .route("/api/v1/node/map", get(node_map))
-        .route("/api/v1/node/map/stream", get(node_map_stream))
-        .route("/api/v1/node/endpoints", post(node_endpoints))
-        .route("/api/v1/networks", get(list_networks).post(create_network))
-        .route("/api/v1/networks/{network}", get(get_network))
-        .route(
-            "/api/v1/networks/{network}/policy",
-            get(get_policy).put(put_policy),
-        )
-        .route("/api/v1/nodes", get(list_nodes))
-        .route(
-            "/api/v1/nodes/{id}",
-            get(get_node).patch(patch_node).delete(delete_node),
-        )
-        .route(
-            "/api/v1/setup-keys",
-            get(list_setup_keys).post(create_setup_key),
-        )
-        .route("/api/v1/setup-keys/{id}", delete(revoke_setup_key))
-        .route("/api/v1/audit", get(audit))
-        .route("/api/v1/admin-tokens", post(create_admin_token))
-        .route("/api/v1/relays", get(list_relays).post(create_relay))
-        .route("/api/v1/relays/{id}", delete(delete_relay))
-        .route("/api/v1/relay/members", get(relay_members))
+    let (router, _) = api_router(utoipa::openapi::OpenApi::default()).split_for_parts();
+    router
+        // Not in the document: it moves to a listener of its own.
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
             ApiError::Service(crate::service::ServiceError::NotFound("route".into()))
         })
@@ -328,32 +148,62 @@ async fn observe(State(svc): State<Arc<Service>>, req: Request, next: Next) -> R
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object)))]
 async fn openapi_doc() -> Json<serde_json::Value> {
-    Json(openapi::document())
+    Json(openapi::json().clone())
 }
 
+/// Liveness.
+#[utoipa::path(get, path = "/healthz",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// A one-use challenge an enrolment answers to prove it holds its key.
+#[utoipa::path(post, path = "/api/v1/enroll/challenge",
+    responses((status = 200, description = "Valid for 60 s, for one enrolment.", body = EnrollChallenge),
+        Busy, Internal))]
 async fn enroll_challenge(State(svc): State<Arc<Service>>) -> ApiResult<EnrollChallenge> {
     Ok(Json(svc.enroll_challenge()?))
 }
 
+/// Enrol a node with a setup key and its public key.
+///
+/// Re-enrolling the same key gives the same node a new credential.
+#[utoipa::path(post, path = "/api/v1/enroll", request_body = EnrollRequest,
+    responses((status = 200, description = "The node, its credential (shown once) and its map.", body = EnrollResponse),
+        Invalid, EnrollRefused, Taken, Storage))]
 async fn enroll(
     State(svc): State<Arc<Service>>,
-    body: Result<Json<EnrollRequest>, JsonRejection>,
+    body: Result<Body<EnrollRequest>, ApiError>,
 ) -> ApiResult<EnrollResponse> {
     let body = match body {
-        Ok(Json(b)) => b,
+        Ok(Body(b)) => b,
         Err(e) => {
             svc.metrics.enrolment_failed();
-            return Err(e.into());
+            return Err(e);
         }
     };
     Ok(Json(svc.enroll(body).await?))
 }
 
+/// The calling node's full network map.
+#[utoipa::path(get, path = "/api/v1/node/map", security(("nodeCredential" = [])),
+    responses((status = 200, description = "The map.", body = NetworkMap), Denied))]
 async fn node_map(State(svc): State<Arc<Service>>, node: NodeAuth) -> ApiResult<NetworkMap> {
     Ok(Json(svc.node_map(node.node_id).await?))
 }
 
+/// The calling node's map as server-sent events.
+///
+/// Each `map` event's data is a `MapUpdate` (JSON): a full map first, then
+/// deltas; a comment every 15 s keeps the stream open.
+#[utoipa::path(get, path = "/api/v1/node/map/stream", security(("nodeCredential" = [])),
+    responses((status = 200, description = "`text/event-stream` of `map` events, each a MapUpdate.",
+        body = String, content_type = "text/event-stream"), Denied))]
 async fn node_map_stream(
     State(svc): State<Arc<Service>>,
     node: NodeAuth,
@@ -368,30 +218,48 @@ async fn node_map_stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// Report the calling node's underlay endpoints.
+#[utoipa::path(post, path = "/api/v1/node/endpoints", security(("nodeCredential" = [])),
+    request_body = EndpointReport,
+    responses((status = 204, description = "Recorded."), Invalid, Denied, Storage))]
 async fn node_endpoints(
     State(svc): State<Arc<Service>>,
     node: NodeAuth,
-    body: Result<Json<EndpointReport>, JsonRejection>,
+    Body(report): Body<EndpointReport>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(report) = body?;
     svc.report_endpoints(node.node_id, report).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// List networks.
+#[utoipa::path(get, path = "/api/v1/networks", security(("adminToken" = [])),
+    responses((status = 200, description = "Every network.", body = Vec<NetworkInfo>), Denied))]
 async fn list_networks(State(svc): State<Arc<Service>>, _: Admin) -> ApiResult<Vec<NetworkInfo>> {
     Ok(Json(svc.networks().await))
 }
 
+/// Create a network.
+///
+/// Its overlay must not overlap another network's, nor hold addresses no
+/// node can have (0.0.0.0/8, loopback, multicast, …).
+#[utoipa::path(post, path = "/api/v1/networks", security(("adminToken" = [])),
+    request_body = CreateNetwork,
+    responses((status = 201, description = "Created.", body = NetworkInfo),
+        Invalid, Denied, Taken, Storage))]
 async fn create_network(
     State(svc): State<Arc<Service>>,
     admin: Admin,
-    body: Result<Json<CreateNetwork>, JsonRejection>,
+    Body(req): Body<CreateNetwork>,
 ) -> Result<(StatusCode, Json<NetworkInfo>), ApiError> {
-    let Json(req) = body?;
     let info = svc.create_network(&admin.actor(), req).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
+/// One network.
+#[utoipa::path(get, path = "/api/v1/networks/{network}", security(("adminToken" = [])),
+    params(("network" = wgmesh_core::schema::NameText, Path, description = "The network's name.")),
+    responses((status = 200, description = "The network.", body = NetworkInfo),
+        Invalid, Denied, Missing))]
 async fn get_network(
     State(svc): State<Arc<Service>>,
     _: Admin,
@@ -401,6 +269,11 @@ async fn get_network(
     Ok(Json(svc.network(&name).await?))
 }
 
+/// A network's access policy.
+#[utoipa::path(get, path = "/api/v1/networks/{network}/policy", security(("adminToken" = [])),
+    params(("network" = wgmesh_core::schema::NameText, Path, description = "The network's name.")),
+    responses((status = 200, description = "The policy.", body = Policy),
+        Invalid, Denied, Missing))]
 async fn get_policy(
     State(svc): State<Arc<Service>>,
     _: Admin,
@@ -410,31 +283,39 @@ async fn get_policy(
     Ok(Json(svc.policy(&name).await?))
 }
 
+/// Replace a network's access policy.
+#[utoipa::path(put, path = "/api/v1/networks/{network}/policy", security(("adminToken" = [])),
+    params(("network" = wgmesh_core::schema::NameText, Path, description = "The network's name.")),
+    request_body = Policy,
+    responses((status = 200, description = "The policy now in force.", body = Policy),
+        Invalid, Denied, Missing, Storage))]
 async fn put_policy(
     State(svc): State<Arc<Service>>,
     admin: Admin,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Json<Policy>, JsonRejection>,
+    Body(policy): Body<Policy>,
 ) -> ApiResult<Policy> {
     let Path(name) = path?;
-    let Json(policy) = body?;
     Ok(Json(svc.set_policy(&admin.actor(), &name, policy).await?))
 }
 
-#[derive(Debug, Deserialize)]
-struct NodesQuery {
-    network: Option<String>,
-}
-
+/// List nodes.
+#[utoipa::path(get, path = "/api/v1/nodes", security(("adminToken" = [])), params(query::NodesQuery),
+    responses((status = 200, description = "The nodes.", body = Vec<NodeInfo>),
+        Invalid, Denied, Missing))]
 async fn list_nodes(
     State(svc): State<Arc<Service>>,
     _: Admin,
-    query: Result<Query<NodesQuery>, QueryRejection>,
+    query: Result<Query<query::NodesQuery>, QueryRejection>,
 ) -> ApiResult<Vec<NodeInfo>> {
     let Query(q) = query?;
     Ok(Json(svc.nodes(q.network.as_deref()).await?))
 }
 
+/// One node.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The node's id.")),
+    responses((status = 200, description = "The node.", body = NodeInfo), Invalid, Denied, Missing))]
 async fn get_node(
     State(svc): State<Arc<Service>>,
     _: Admin,
@@ -444,17 +325,27 @@ async fn get_node(
     Ok(Json(svc.node(id).await?))
 }
 
+/// Change a node's groups or hub role.
+#[utoipa::path(patch, path = "/api/v1/nodes/{id}", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The node's id.")),
+    request_body = UpdateNode,
+    responses((status = 200, description = "The node as changed.", body = NodeInfo),
+        Invalid, Denied, Missing, Storage))]
 async fn patch_node(
     State(svc): State<Arc<Service>>,
     admin: Admin,
     path: Result<Path<i64>, PathRejection>,
-    body: Result<Json<UpdateNode>, JsonRejection>,
+    Body(req): Body<UpdateNode>,
 ) -> ApiResult<NodeInfo> {
     let Path(id) = path?;
-    let Json(req) = body?;
     Ok(Json(svc.update_node(&admin.actor(), id, req).await?))
 }
 
+/// Remove a node: every peer drops it at once.
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The node's id.")),
+    responses((status = 200, description = "The node removed.", body = NodeInfo),
+        Invalid, Denied, Missing, Storage))]
 async fn delete_node(
     State(svc): State<Arc<Service>>,
     admin: Admin,
@@ -464,6 +355,9 @@ async fn delete_node(
     Ok(Json(svc.delete_node(&admin.actor(), id).await?))
 }
 
+/// List setup keys (never the secrets).
+#[utoipa::path(get, path = "/api/v1/setup-keys", security(("adminToken" = [])),
+    responses((status = 200, description = "Every setup key.", body = Vec<SetupKeyInfo>), Denied))]
 async fn list_setup_keys(
     State(svc): State<Arc<Service>>,
     _: Admin,
@@ -471,16 +365,25 @@ async fn list_setup_keys(
     Ok(Json(svc.setup_keys().await))
 }
 
+/// Create a setup key; the secret is shown once.
+#[utoipa::path(post, path = "/api/v1/setup-keys", security(("adminToken" = [])),
+    request_body = CreateSetupKey,
+    responses((status = 201, description = "Created; `key` is shown only now.", body = SetupKeyCreated),
+        Invalid, Denied, Missing, Storage))]
 async fn create_setup_key(
     State(svc): State<Arc<Service>>,
     admin: Admin,
-    body: Result<Json<CreateSetupKey>, JsonRejection>,
+    Body(req): Body<CreateSetupKey>,
 ) -> Result<(StatusCode, Json<SetupKeyCreated>), ApiError> {
-    let Json(req) = body?;
     let created = svc.create_setup_key(&admin.actor(), req).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Revoke a setup key.
+#[utoipa::path(delete, path = "/api/v1/setup-keys/{id}", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The setup key's id.")),
+    responses((status = 200, description = "The key, revoked.", body = SetupKeyInfo),
+        Invalid, Denied, Missing, Storage))]
 async fn revoke_setup_key(
     State(svc): State<Arc<Service>>,
     admin: Admin,
@@ -490,60 +393,98 @@ async fn revoke_setup_key(
     Ok(Json(svc.revoke_setup_key(&admin.actor(), id).await?))
 }
 
-#[derive(Debug, Deserialize)]
-struct AuditQuery {
-    #[serde(default)]
-    after: i64,
-    #[serde(default = "default_limit")]
-    limit: i64,
-}
-
-fn default_limit() -> i64 {
-    100
-}
-
+/// Audit log entries after `after`, at most `limit` of them.
+///
+/// `truncated` says more follow; ask again with `after=next_after`.
+#[utoipa::path(get, path = "/api/v1/audit", security(("adminToken" = [])), params(query::AuditQuery),
+    responses((status = 200, description = "A page of the log, oldest first.", body = AuditPage),
+        Invalid, Denied, Storage))]
 async fn audit(
     State(svc): State<Arc<Service>>,
     _: Admin,
-    query: Result<Query<AuditQuery>, QueryRejection>,
-) -> ApiResult<Vec<AuditEntry>> {
+    query: Result<Query<query::AuditQuery>, QueryRejection>,
+) -> ApiResult<AuditPage> {
     let Query(q) = query?;
+    if q.after < 0 {
+        return Err(ApiError::BadRequest(format!(
+            "after must be 0 or more, not {}",
+            q.after
+        )));
+    }
+    if !(1..=AUDIT_PAGE_MAX).contains(&q.limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {AUDIT_PAGE_MAX}, not {}",
+            q.limit
+        )));
+    }
     Ok(Json(svc.audit_log(q.after, q.limit).await?))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /admin-tokens`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateAdminToken {
+    #[schema(value_type = wgmesh_core::schema::NameText)]
     name: String,
 }
 
+/// An admin token, shown once.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct AdminTokenCreated {
+    #[schema(value_type = wgmesh_core::schema::NameText)]
+    name: String,
+    /// The bearer secret (`wga_…`); only its hash is stored.
+    token: String,
+}
+
+/// Create another admin API token; shown once.
+#[utoipa::path(post, path = "/api/v1/admin-tokens", security(("adminToken" = [])),
+    request_body = CreateAdminToken,
+    responses((status = 201, description = "Created; `token` is shown only now.", body = AdminTokenCreated),
+        Invalid, Denied, Storage))]
 async fn create_admin_token(
     State(svc): State<Arc<Service>>,
     admin: Admin,
-    body: Result<Json<CreateAdminToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(req) = body?;
+    Body(req): Body<CreateAdminToken>,
+) -> Result<(StatusCode, Json<AdminTokenCreated>), ApiError> {
     let token = svc.create_admin_token(&admin.actor(), &req.name).await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "name": req.name, "token": token })),
+        Json(AdminTokenCreated {
+            name: req.name,
+            token,
+        }),
     ))
 }
 
+/// List relays (never their tokens).
+#[utoipa::path(get, path = "/api/v1/relays", security(("adminToken" = [])),
+    responses((status = 200, description = "Every relay.", body = Vec<RelayInfo>), Denied))]
 async fn list_relays(State(svc): State<Arc<Service>>, _: Admin) -> ApiResult<Vec<RelayInfo>> {
     Ok(Json(svc.relays().await))
 }
 
+/// Register a relay (server-wide); its token is shown once.
+///
+/// Every connected node gets a full map listing it.
+#[utoipa::path(post, path = "/api/v1/relays", security(("adminToken" = [])),
+    request_body = CreateRelay,
+    responses((status = 201, description = "Registered; `token` is shown only now.", body = RelayCreated),
+        Invalid, Denied, Taken, Storage))]
 async fn create_relay(
     State(svc): State<Arc<Service>>,
     admin: Admin,
-    body: Result<Json<CreateRelay>, JsonRejection>,
+    Body(req): Body<CreateRelay>,
 ) -> Result<(StatusCode, Json<RelayCreated>), ApiError> {
-    let Json(req) = body?;
     let created = svc.create_relay(&admin.actor(), req).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Remove a relay: its token stops working, every map drops it.
+#[utoipa::path(delete, path = "/api/v1/relays/{id}", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The relay's id.")),
+    responses((status = 200, description = "The relay removed.", body = RelayInfo),
+        Invalid, Denied, Missing, Storage))]
 async fn delete_relay(
     State(svc): State<Arc<Service>>,
     admin: Admin,
@@ -553,6 +494,9 @@ async fn delete_relay(
     Ok(Json(svc.delete_relay(&admin.actor(), id).await?))
 }
 
+/// The public keys of every enrolled node, for the calling relay.
+#[utoipa::path(get, path = "/api/v1/relay/members", security(("relayToken" = [])),
+    responses((status = 200, description = "The members.", body = RelayMembers), Denied))]
 async fn relay_members(State(svc): State<Arc<Service>>, _: RelayAuth) -> ApiResult<RelayMembers> {
     Ok(Json(svc.relay_members().await))
 }

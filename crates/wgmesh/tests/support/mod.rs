@@ -342,8 +342,8 @@ pub fn wgmesh_wg_up(
 
 /// A fresh PostgreSQL database on the server WGMESH_TEST_POSTGRES names
 /// (scripts/test.sh starts one), dropped when this goes, also on panic.
-/// The server in nyc reaches it over the Unix socket, which network
-/// namespaces do not separate.
+/// A server in a lab namespace reaches it over the Unix socket, which
+/// network namespaces do not separate.
 pub struct PgDatabase {
     pub admin_url: String,
     pub name: String,
