@@ -8,6 +8,7 @@ mod conf_cmd;
 mod demo_cmd;
 mod key_cmd;
 mod lab_cmd;
+mod listen_flag;
 mod plan_cmd;
 mod relay_cmd;
 mod secret_file;

@@ -1,4 +1,5 @@
-//! The REST API under `/api/v1`, plus `/metrics` and `/healthz`.
+//! The REST API under `/api/v1`, plus `/healthz`. (Metrics have a
+//! listener of their own: [`crate::metrics::app`].)
 //!
 //! [`app`] builds the router from the service; [`ROUTES`] lists every
 //! route with who may call it, and is the one source of both the OpenAPI
@@ -16,8 +17,8 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
@@ -270,7 +271,6 @@ pub const ROUTES: &[RouteDoc] = &[
         None,
         Some("RelayMembers"),
     ),
-    r("GET", "/metrics", P, "Prometheus metrics.", None, None),
     r("GET", "/healthz", P, "Liveness.", None, None),
 ];
 
@@ -304,7 +304,6 @@ pub fn app(svc: Arc<Service>) -> Router {
         .route("/api/v1/relays", get(list_relays).post(create_relay))
         .route("/api/v1/relays/{id}", delete(delete_relay))
         .route("/api/v1/relay/members", get(relay_members))
-        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
             ApiError::Service(crate::service::ServiceError::NotFound("route".into()))
@@ -313,16 +312,19 @@ pub fn app(svc: Arc<Service>) -> Router {
         .with_state(svc)
 }
 
-/// Records each request's latency by route template.
+/// Records each request's latency by method, route template and status
+/// class; [`crate::metrics`] bounds each label.
 async fn observe(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let response = next.run(req).await;
-    svc.metrics.observe(&method, &route, start.elapsed());
+    svc.metrics.observe(
+        &method,
+        route.as_ref().map(MatchedPath::as_str),
+        response.status(),
+        start.elapsed(),
+    );
     response
 }
 
@@ -555,12 +557,4 @@ async fn delete_relay(
 
 async fn relay_members(State(svc): State<Arc<Service>>, _: RelayAuth) -> ApiResult<RelayMembers> {
     Ok(Json(svc.relay_members().await))
-}
-
-async fn metrics(State(svc): State<Arc<Service>>) -> impl IntoResponse {
-    let (nodes, online) = svc.node_counts().await;
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        svc.metrics.render(nodes, online),
-    )
 }
