@@ -14,6 +14,10 @@ section() {
 # network namespaces).
 # PostgreSQL: the server's tests run on SQLite and on a local PostgreSQL.
 PACKAGES=(wireguard-go wireguard-tools nftables iptables conntrack iproute2 iputils-ping procps iperf3 postgresql openssl curl)
+# Third-party checkers (wgmesh_lab::third_party): promtool (package
+# prometheus) checks every role's metrics; stun (package stun-client) is
+# an RFC 3489 STUN client, run against the server's and the relay's STUN.
+PACKAGES+=(prometheus stun-client)
 
 section "Dependencies"
 # shellcheck source=scripts/deps.sh
