@@ -17,8 +17,18 @@ install_missing() {
             exit 1
         fi
         export DEBIAN_FRONTEND=noninteractive
+        # Install, but start no daemon (prometheus would take 127.0.0.1:9090,
+        # the server's metrics port): policy-rc.d answering 101 is Debian's
+        # way to say so (invoke-rc.d(8)). Left alone if the host has one.
+        local policy=/usr/sbin/policy-rc.d made_policy=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            made_policy=1
+        fi
         apt-get update
-        apt-get install -y --no-install-recommends "${missing[@]}"
+        apt-get install -y --no-install-recommends "${missing[@]}" || { ((made_policy)) && rm -f "$policy"; exit 1; }
+        if ((made_policy)); then rm -f "$policy"; fi
     fi
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo is not on PATH (install Rust, e.g. with rustup)" >&2

@@ -21,6 +21,11 @@ PACKAGES+=(e2fsprogs mount)
 # venv of their own (section "API test tools" below).
 PACKAGES+=(python3 python3-venv)
 
+# Third-party checkers (wgmesh_lab::third_party): promtool (package
+# prometheus) checks every role's metrics; stun (package stun-client) is
+# an RFC 3489 STUN client, run against the server's and the relay's STUN.
+PACKAGES+=(prometheus stun-client)
+
 section "Dependencies"
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh

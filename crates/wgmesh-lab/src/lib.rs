@@ -6,7 +6,8 @@
 //! hosts. Dropping the `Lab` (also while a test panics) removes all of it.
 //!
 //! For tests of HTTPS and WebSocket/TLS it also makes a private CA
-//! ([`test_ca`]).
+//! ([`test_ca`]), and it runs the third-party tools tests check wgmesh's
+//! output with ([`third_party`]: promtool, an RFC 3489 STUN client).
 //!
 //! It does not own what runs over the network: WireGuard configs come from
 //! wgmesh-core's planner, and [`wgnode`] brings one up on wireguard-go.
@@ -25,6 +26,7 @@ pub mod netns;
 pub mod process;
 pub mod state;
 pub mod test_ca;
+pub mod third_party;
 pub mod topology;
 pub mod wgnode;
 

@@ -5,11 +5,19 @@
 //! It owns the wire format: the 20-byte header (message type, length, magic
 //! cookie, 96-bit transaction id, §5), attributes as type-length-value with
 //! 4-byte padding (§14), XOR-MAPPED-ADDRESS (IPv4 and IPv6, §14.2),
-//! MAPPED-ADDRESS (read only, for RFC 3489-era servers, §14.1), SOFTWARE
-//! (optional on emit, §14.14), ERROR-CODE (read, §14.8) and FINGERPRINT
-//! (§14.7: emitted on everything built here, checked whenever present).
-//! And [`is_stun`], the cheap test that tells STUN apart from WireGuard on
-//! the one UDP socket both share.
+//! MAPPED-ADDRESS (§14.1: read from RFC 3489-era servers, written to RFC
+//! 3489 clients), SOFTWARE (optional on emit, §14.14), ERROR-CODE (§14.8)
+//! and UNKNOWN-ATTRIBUTES (§14.9, the 420 answer of §6.3.1.1), and
+//! FINGERPRINT (§14.7: emitted on every RFC 8489 message built here,
+//! checked whenever present). And [`is_stun`], the cheap test that tells
+//! STUN apart from WireGuard on the one UDP socket both share.
+//!
+//! The server side ([`respond`]) also answers classic RFC 3489 clients,
+//! whose requests carry no magic cookie, as RFC 8489 §11 asks: the 16
+//! bytes after the length are their transaction id, echoed, and the
+//! answer is MAPPED-ADDRESS. The client side and [`is_stun`] stay RFC
+//! 8489 only: a node never sends a classic request, so a cookie-less
+//! datagram on its socket is never its STUN.
 //!
 //! It does not own authentication: MESSAGE-INTEGRITY(-SHA256) and USERNAME
 //! are recognised and skipped, never verified or emitted (wgmesh's Binding
@@ -18,6 +26,7 @@
 //! timers, choosing servers or transaction ids: those are the caller's
 //! (randomness and time are inputs in this crate).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The magic cookie every RFC 5389/8489 message carries at bytes 4..8 (§5).
@@ -33,6 +42,15 @@ pub const METHOD_BINDING: u16 = 0x001;
 /// comprehension-required, from 0x8000 comprehension-optional (§14).
 pub mod attr {
     pub const MAPPED_ADDRESS: u16 = 0x0001;
+    /// RFC 3489 §11.2.2: "send the answer there". Never honoured (it would
+    /// make the server reflect traffic at a third party); RFC 8489 §11
+    /// has it treated as unknown, so it gets a 420.
+    pub const RESPONSE_ADDRESS: u16 = 0x0002;
+    /// RFC 5780 §7.2 (RFC 3489 §11.2.4 before it): answer from the other
+    /// address and/or port. Understood when it asks for no change (what
+    /// RFC 3489 clients send in their first test); a 420 when it asks for
+    /// one, as there is no other address to answer from.
+    pub const CHANGE_REQUEST: u16 = 0x0003;
     pub const USERNAME: u16 = 0x0006;
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
     pub const ERROR_CODE: u16 = 0x0009;
@@ -173,6 +191,18 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Wraps `buffer` if its header is a STUN header that accounts for
     /// exactly the bytes that follow it (§5, §6.3).
     pub fn new_checked(buffer: T) -> Result<Self, StunError> {
+        let p = Self::new_checked_any(buffer)?;
+        if !p.has_magic_cookie() {
+            return Err(StunError::NotStun);
+        }
+        Ok(p)
+    }
+
+    /// As [`Packet::new_checked`], but a message without the magic cookie
+    /// is taken too: an RFC 3489 message, whose transaction id is the 128
+    /// bits after the length (RFC 3489 §11.1; RFC 8489 §11). For a server
+    /// only: what a node receives must pass [`Packet::new_checked`].
+    pub fn new_checked_any(buffer: T) -> Result<Self, StunError> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
             return Err(StunError::Truncated {
@@ -180,7 +210,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
                 got: b.len(),
             });
         }
-        if b[0] & 0xC0 != 0 || b[4..8] != MAGIC_COOKIE.to_be_bytes() {
+        if b[0] & 0xC0 != 0 {
             return Err(StunError::NotStun);
         }
         let declared = usize::from(u16::from_be_bytes([b[2], b[3]]));
@@ -207,10 +237,26 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Class::from_bits(((t >> 4) & 0b01) | ((t >> 7) & 0b10))
     }
 
+    /// The 96-bit transaction id of an RFC 8489 message (§5).
     pub fn transaction_id(&self) -> TransactionId {
         let mut id = [0u8; 12];
         id.copy_from_slice(&self.buffer.as_ref()[8..HEADER_LEN]);
         TransactionId(id)
+    }
+
+    /// Whether bytes 4..8 are the magic cookie: an RFC 5389/8489 message
+    /// rather than an RFC 3489 one (RFC 8489 §11).
+    pub fn has_magic_cookie(&self) -> bool {
+        self.buffer.as_ref()[4..8] == MAGIC_COOKIE.to_be_bytes()
+    }
+
+    /// Bytes 4..20: the magic cookie and transaction id of an RFC 8489
+    /// message, the whole 128-bit transaction id of an RFC 3489 one. A
+    /// response copies them from its request (RFC 8489 §6.3.2, §11).
+    fn cookie_and_id(&self) -> [u8; 16] {
+        let mut tail = [0u8; 16];
+        tail.copy_from_slice(&self.buffer.as_ref()[4..HEADER_LEN]);
+        tail
     }
 
     /// The whole message.
@@ -416,17 +462,33 @@ fn decode_address(a: &Attribute<'_>, xor: Option<&TransactionId>) -> Result<Sock
 /// FINGERPRINT. The length field is set before the CRC is taken, as §14.7
 /// requires.
 fn emit(message_type: u16, txid: TransactionId, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut tail = [0u8; 16];
+    tail[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    tail[4..].copy_from_slice(&txid.0);
+    emit_with(message_type, tail, true, body)
+}
+
+/// Builds a message whose header ends in `tail` (cookie and id, or an RFC
+/// 3489 id), with FINGERPRINT last if `fingerprint` (RFC 3489 has none).
+fn emit_with(
+    message_type: u16,
+    tail: [u8; 16],
+    fingerprint: bool,
+    body: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + 64);
     buf.extend_from_slice(&message_type.to_be_bytes());
     buf.extend_from_slice(&[0, 0]);
-    buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    buf.extend_from_slice(&txid.0);
+    buf.extend_from_slice(&tail);
     body(&mut buf);
-    let len = buf.len() - HEADER_LEN + FINGERPRINT_LEN;
-    let len = u16::try_from(len).expect("invariant: Binding messages built here are < 1 KiB");
+    let trailer = if fingerprint { FINGERPRINT_LEN } else { 0 };
+    let len = buf.len() - HEADER_LEN + trailer;
+    let len = u16::try_from(len).expect("invariant: Binding messages built here are < 64 KiB");
     buf[2..4].copy_from_slice(&len.to_be_bytes());
-    let crc = crc32(&buf) ^ FINGERPRINT_XOR;
-    put_attribute(&mut buf, attr::FINGERPRINT, &crc.to_be_bytes());
+    if fingerprint {
+        let crc = crc32(&buf) ^ FINGERPRINT_XOR;
+        put_attribute(&mut buf, attr::FINGERPRINT, &crc.to_be_bytes());
+    }
     buf
 }
 
@@ -440,14 +502,22 @@ fn put_attribute(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
     buf.extend_from_slice(&[0u8; 3][..pad]);
 }
 
-/// Appends XOR-MAPPED-ADDRESS for `addr` (§14.2). An IPv4-mapped IPv6
-/// address (a dual-stack socket's view of an IPv4 peer) is written as the
-/// IPv4 address it is.
+/// Appends XOR-MAPPED-ADDRESS for `addr` (§14.2).
 fn put_xor_mapped(buf: &mut Vec<u8>, txid: &TransactionId, addr: SocketAddr) {
     let mut mask = [0u8; 16];
     mask[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
     mask[4..].copy_from_slice(&txid.0);
-    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    put_address(buf, attr::XOR_MAPPED_ADDRESS, addr, Some(&mask));
+}
+
+/// Appends (XOR-)MAPPED-ADDRESS for `addr` (§14.1, §14.2), XORed with
+/// `mask` (the cookie, then the transaction id) if given. An IPv4-mapped
+/// IPv6 address (a dual-stack socket's view of an IPv4 peer) is written as
+/// the IPv4 address it is.
+fn put_address(buf: &mut Vec<u8>, kind: u16, addr: SocketAddr, mask: Option<&[u8; 16]>) {
+    let zero = [0u8; 16];
+    let mask = mask.unwrap_or(&zero);
+    let port = addr.port() ^ u16::from_be_bytes([mask[0], mask[1]]);
     let ip = match addr.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -458,15 +528,15 @@ fn put_xor_mapped(buf: &mut Vec<u8>, txid: &TransactionId, addr: SocketAddr) {
         IpAddr::V4(v4) => {
             value.push(0x01);
             value.extend_from_slice(&port.to_be_bytes());
-            value.extend(v4.octets().iter().zip(&mask).map(|(a, m)| a ^ m));
+            value.extend(v4.octets().iter().zip(mask).map(|(a, m)| a ^ m));
         }
         IpAddr::V6(v6) => {
             value.push(0x02);
             value.extend_from_slice(&port.to_be_bytes());
-            value.extend(v6.octets().iter().zip(&mask).map(|(a, m)| a ^ m));
+            value.extend(v6.octets().iter().zip(mask).map(|(a, m)| a ^ m));
         }
     }
-    put_attribute(buf, attr::XOR_MAPPED_ADDRESS, &value);
+    put_attribute(buf, kind, &value);
 }
 
 /// A Binding request (§6.1) with no attributes but FINGERPRINT (which lets
@@ -501,22 +571,156 @@ pub fn binding_response(
     )
 }
 
+/// What [`respond`] sent back, for a server's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResponseKind {
+    /// A Binding success response: XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS
+    /// to an RFC 3489 client.
+    Success,
+    /// A 420 (Unknown Attribute) error response with UNKNOWN-ATTRIBUTES
+    /// (§6.3.1.1).
+    UnknownAttribute,
+}
+
+/// A server's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub bytes: Vec<u8>,
+    pub kind: ResponseKind,
+    /// The request had no magic cookie (RFC 3489, RFC 8489 §11).
+    pub rfc3489: bool,
+}
+
+/// The reason phrase RFC 8489 §14.8 gives for 420.
+const UNKNOWN_ATTRIBUTE_REASON: &[u8] = b"Unknown Attribute";
+
 /// The server side: for a well-formed Binding request from `from`, the
-/// success response that tells the client `from` (XOR-MAPPED-ADDRESS);
-/// `None` for anything else, which a server drops silently.
+/// success response that tells the client `from` (XOR-MAPPED-ADDRESS;
+/// MAPPED-ADDRESS to an RFC 3489 client, §11); for one carrying
+/// comprehension-required attributes we do not understand, a 420 error
+/// response that lists them in UNKNOWN-ATTRIBUTES (§6.3.1.1); `None` for
+/// anything else, which a server drops silently: not a Binding request,
+/// malformed, or with a wrong FINGERPRINT (§7.3).
 ///
-/// Requests with an unknown comprehension-required attribute, or a wrong
-/// FINGERPRINT, get `None` too: §6.3.1 would answer the former with a 420
-/// error response, but no client of ours sends one, and silence is the
-/// cheaper answer to a stranger. Reflection stays small: a response is
-/// at most 52 bytes (IPv6), 2.6 times a bare 20-byte request at worst.
-pub fn answer(request: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
-    let p = Packet::new_checked(request).ok()?;
+/// Reflection stays small: a success response is at most 52 bytes (IPv6),
+/// 2.6 times a bare 20-byte request at worst; a 420 is 60 bytes plus 2 per
+/// listed attribute, rounded up to 4 (each listed attribute took at least
+/// 4 bytes of the request), at most 2.7 times its request (64 bytes for a
+/// 24-byte request).
+pub fn respond(request: &[u8], from: SocketAddr) -> Option<Response> {
+    let p = Packet::new_checked_any(request).ok()?;
     if p.method() != METHOD_BINDING || p.class() != Class::Request {
         return None;
     }
-    summarize(&p).ok()?;
-    Some(binding_response(p.transaction_id(), from, None))
+    let unknown = unknown_in_request(&p).ok()?;
+    let rfc3489 = !p.has_magic_cookie();
+    let tail = p.cookie_and_id();
+    let fingerprint = !rfc3489;
+    if unknown.is_empty() {
+        let bytes = emit_with(
+            message_type(METHOD_BINDING, Class::SuccessResponse),
+            tail,
+            fingerprint,
+            |buf| {
+                if rfc3489 {
+                    // No cookie to XOR with: the address as it is (§11).
+                    put_address(buf, attr::MAPPED_ADDRESS, from, None);
+                } else {
+                    put_xor_mapped(buf, &p.transaction_id(), from);
+                }
+            },
+        );
+        return Some(Response {
+            bytes,
+            kind: ResponseKind::Success,
+            rfc3489,
+        });
+    }
+    let bytes = emit_with(
+        message_type(METHOD_BINDING, Class::ErrorResponse),
+        tail,
+        fingerprint,
+        |buf| {
+            // ERROR-CODE (§14.8): 21 reserved bits, the class (4) in 3
+            // bits, the number (20) in 8, then the reason phrase.
+            let mut code = vec![0, 0, 4, 20];
+            code.extend_from_slice(UNKNOWN_ATTRIBUTE_REASON);
+            put_attribute(buf, attr::ERROR_CODE, &code);
+            // UNKNOWN-ATTRIBUTES (§14.9): the 16-bit types, padded as
+            // any attribute.
+            let list: Vec<u8> = unknown.iter().flat_map(|k| k.to_be_bytes()).collect();
+            put_attribute(buf, attr::UNKNOWN_ATTRIBUTES, &list);
+        },
+    );
+    Some(Response {
+        bytes,
+        kind: ResponseKind::UnknownAttribute,
+        rfc3489,
+    })
+}
+
+/// [`respond`]'s bytes alone.
+pub fn answer(request: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
+    respond(request, from).map(|r| r.bytes)
+}
+
+/// Walks a request's attributes as a server (§6.3, §6.3.1): FINGERPRINT
+/// must check out if present (and be last), and the comprehension-required
+/// attributes not understood are returned, each once, in order. Understood:
+/// those [`summarize`] knows, and CHANGE-REQUEST when it asks for no change
+/// (RFC 3489 clients send that in their first test); asking for another
+/// address or port, it is not one we can honour and is listed, as is
+/// RESPONSE-ADDRESS (RFC 8489 §11; RFC 5780 §6.1 has a server without an
+/// alternate address answer CHANGE-REQUEST with 420).
+fn unknown_in_request<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Vec<u16>, StunError> {
+    let mut unknown: Vec<u16> = Vec::new();
+    // Membership in a set: a 64 KiB request may carry 16,000 attributes.
+    let mut listed = HashSet::new();
+    let mut after_integrity = false;
+    let mut fingerprint_seen = false;
+    for a in p.attributes() {
+        let a = a?;
+        if fingerprint_seen {
+            return Err(StunError::AfterFingerprint { kind: a.kind });
+        }
+        if a.kind == attr::FINGERPRINT {
+            fingerprint_seen = true;
+            check_fingerprint(p.as_bytes(), &a)?;
+            continue;
+        }
+        if after_integrity {
+            continue;
+        }
+        let understood = match a.kind {
+            attr::MESSAGE_INTEGRITY | attr::MESSAGE_INTEGRITY_SHA256 => {
+                after_integrity = true;
+                true
+            }
+            attr::CHANGE_REQUEST => {
+                // 32 bits: flag A (change IP) is 0x4, B (change port) 0x2.
+                let flags: [u8; 4] = a.value.try_into().map_err(|_| StunError::BadAttribute {
+                    kind: a.kind,
+                    why: "not 4 bytes",
+                })?;
+                u32::from_be_bytes(flags) & 0x6 == 0
+            }
+            attr::MAPPED_ADDRESS
+            | attr::XOR_MAPPED_ADDRESS
+            | attr::ERROR_CODE
+            | attr::USERNAME
+            | attr::UNKNOWN_ATTRIBUTES
+            | attr::REALM
+            | attr::NONCE
+            | attr::PASSWORD_ALGORITHM
+            | attr::USERHASH => true,
+            _ => !a.comprehension_required(),
+        };
+        if !understood && listed.insert(a.kind) {
+            unknown.push(a.kind);
+        }
+    }
+    Ok(unknown)
 }
 
 /// The client side: the transaction id and the reflexive address of a
@@ -663,11 +867,22 @@ mod tests {
         ));
     }
 
+    /// The 420 our responder sends to [`SAMPLE_REQUEST`] (built by hand
+    /// from RFC 8489 §14.8, §14.9 and §14.7; the CRC with Python's
+    /// zlib.crc32): ERROR-CODE 420 "Unknown Attribute", UNKNOWN-ATTRIBUTES
+    /// listing PRIORITY (0x0024) and padded to 4, FINGERPRINT.
+    const SAMPLE_REQUEST_420: &str = "
+        01 11 00 2c 21 12 a4 42 b7 e7 a7 01 bc 34 d6 86 fa 87 df ae
+        00 09 00 15 00 00 04 14 55 6e 6b 6e 6f 77 6e 20 41 74 74 72 69 62 75 74 65 00 00 00
+        00 0a 00 02 00 24 00 00
+        80 28 00 04 bd 47 dc 87";
+
     /// The sample request's FINGERPRINT checks out; it carries PRIORITY, a
-    /// comprehension-required ICE attribute we do not know, so it is not
-    /// answered (§6.3.1 would send a 420).
+    /// comprehension-required ICE attribute we do not know, so it gets a
+    /// 420 that lists it (§6.3.1.1); ICE-CONTROLLED (0x8029) is
+    /// comprehension-optional and not listed.
     #[test]
-    fn rfc5769_request() {
+    fn rfc5769_request_gets_a_420_listing_priority() {
         let msg = hex(SAMPLE_REQUEST);
         let p = Packet::new_checked(&msg[..]).unwrap();
         assert_eq!(p.class(), Class::Request);
@@ -682,7 +897,139 @@ mod tests {
             .find(|a| a.kind == attr::FINGERPRINT)
             .unwrap();
         check_fingerprint(&msg, &fp).unwrap();
-        assert_eq!(answer(&msg, "192.0.2.1:1".parse().unwrap()), None);
+        let resp = respond(&msg, "192.0.2.1:1".parse().unwrap()).unwrap();
+        assert_eq!(resp.kind, ResponseKind::UnknownAttribute);
+        assert!(!resp.rfc3489);
+        assert_eq!(resp.bytes, hex(SAMPLE_REQUEST_420));
+        // Our own client reads it as the error it is.
+        assert_eq!(
+            parse_binding_response(&resp.bytes).unwrap_err(),
+            StunError::ErrorResponse { code: Some(420) }
+        );
+    }
+
+    /// Unknown comprehension-required attributes are each listed once, in
+    /// order; unknown optional ones are not; an odd count is padded.
+    #[test]
+    fn unknown_attributes_listed_once_in_order() {
+        let txid = TransactionId([6; 12]);
+        let req = emit(message_type(METHOD_BINDING, Class::Request), txid, |b| {
+            put_attribute(b, 0x7001, &[1]);
+            put_attribute(b, 0xC001, &[]);
+            put_attribute(b, 0x0024, &[0; 4]);
+            put_attribute(b, 0x7001, &[2]);
+            put_attribute(b, attr::SOFTWARE, b"x");
+        });
+        let resp = respond(&req, "192.0.2.1:9".parse().unwrap()).unwrap();
+        assert_eq!(resp.kind, ResponseKind::UnknownAttribute);
+        let p = Packet::new_checked(&resp.bytes[..]).unwrap();
+        assert_eq!(p.transaction_id(), txid);
+        assert_eq!(p.class(), Class::ErrorResponse);
+        let list = p
+            .attributes()
+            .map(Result::unwrap)
+            .find(|a| a.kind == attr::UNKNOWN_ATTRIBUTES)
+            .unwrap();
+        assert_eq!(list.value, [0x70, 0x01, 0x00, 0x24]);
+        // A wrong FINGERPRINT is not answered at all, 420 or not (§7.3).
+        let mut bad = req.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert_eq!(respond(&bad, "192.0.2.1:9".parse().unwrap()), None);
+        // Only unknown optional attributes: answered with success.
+        let req = emit(message_type(METHOD_BINDING, Class::Request), txid, |b| {
+            put_attribute(b, 0xC001, &[]);
+        });
+        let resp = respond(&req, "192.0.2.1:9".parse().unwrap()).unwrap();
+        assert_eq!(resp.kind, ResponseKind::Success);
+    }
+
+    /// Test I of Debian's `stun` client (stund 0.97, RFC 3489), as
+    /// captured from `stun 127.0.0.1:PORT`: a Binding request with no
+    /// magic cookie (the 16 bytes after the length are its transaction
+    /// id) and CHANGE-REQUEST asking for no change.
+    const RFC3489_REQUEST: &str = "
+        00 01 00 08 01 a1 24 5d df 62 2f 03 97 4b 53 2a ce 32 77 78
+        00 03 00 04 00 00 00 00";
+
+    /// Our answer to it from 192.0.2.1:32853 (RFC 8489 §11): the 16 bytes
+    /// copied, MAPPED-ADDRESS (not XORed: there is no cookie), nothing else.
+    const RFC3489_RESPONSE: &str = "
+        01 01 00 0c 01 a1 24 5d df 62 2f 03 97 4b 53 2a ce 32 77 78
+        00 01 00 08 00 01 80 55 c0 00 02 01";
+
+    /// Its test II (CHANGE-REQUEST: change IP), and our 420: there is no
+    /// other address to answer from; still no cookie and no FINGERPRINT.
+    const RFC3489_CHANGE_IP: &str = "
+        00 01 00 08 02 48 28 28 e4 96 f2 02 bd ac 70 37 c2 55 59 34
+        00 03 00 04 00 00 00 04";
+    const RFC3489_CHANGE_IP_420: &str = "
+        01 11 00 24 02 48 28 28 e4 96 f2 02 bd ac 70 37 c2 55 59 34
+        00 09 00 15 00 00 04 14 55 6e 6b 6e 6f 77 6e 20 41 74 74 72 69 62 75 74 65 00 00 00
+        00 0a 00 02 00 03 00 00";
+
+    #[test]
+    fn rfc3489_request_gets_mapped_address() {
+        let from: SocketAddr = "192.0.2.1:32853".parse().unwrap();
+        let req = hex(RFC3489_REQUEST);
+        let resp = respond(&req, from).unwrap();
+        assert_eq!(resp.kind, ResponseKind::Success);
+        assert!(resp.rfc3489);
+        assert_eq!(resp.bytes, hex(RFC3489_RESPONSE));
+        // A bare one (pystun3's first test) too; and from a dual-stack
+        // socket the address is the IPv4 one.
+        let mut bare = req[..HEADER_LEN].to_vec();
+        bare[3] = 0;
+        let resp = answer(&bare, "[::ffff:192.0.2.1]:32853".parse().unwrap()).unwrap();
+        assert_eq!(resp[HEADER_LEN..], hex(RFC3489_RESPONSE)[HEADER_LEN..]);
+        assert_eq!(resp[4..HEADER_LEN], req[4..HEADER_LEN]);
+        // An IPv6 client gets family 2.
+        let v6 = answer(&bare, "[2001:db8::1]:7".parse().unwrap()).unwrap();
+        assert_eq!(
+            v6[HEADER_LEN..],
+            hex("00 01 00 14 00 02 00 07 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01")
+        );
+    }
+
+    #[test]
+    fn rfc3489_change_and_response_address_get_a_420() {
+        let from: SocketAddr = "192.0.2.1:32853".parse().unwrap();
+        let resp = respond(&hex(RFC3489_CHANGE_IP), from).unwrap();
+        assert_eq!(resp.kind, ResponseKind::UnknownAttribute);
+        assert!(resp.rfc3489);
+        assert_eq!(resp.bytes, hex(RFC3489_CHANGE_IP_420));
+        // RESPONSE-ADDRESS would have us send the answer elsewhere: never
+        // (RFC 8489 §11 treats it as unknown).
+        let mut req = hex(RFC3489_REQUEST);
+        req[HEADER_LEN + 1] = 0x02;
+        let resp = respond(&req, from).unwrap();
+        assert_eq!(resp.kind, ResponseKind::UnknownAttribute);
+        assert_eq!(resp.bytes[resp.bytes.len() - 4..], [0x00, 0x02, 0x00, 0x00]);
+        // A CHANGE-REQUEST of the wrong size is malformed: dropped.
+        let mut req = hex(RFC3489_REQUEST);
+        req[HEADER_LEN + 3] = 0x03;
+        assert_eq!(respond(&req, from), None);
+    }
+
+    /// What the node's side makes of classic messages: never STUN (a node
+    /// sends RFC 8489 requests only), so on the shared socket they go
+    /// nowhere near the STUN client, disco or the relay client, and they
+    /// are not WireGuard-framed either (a type 1..=4, three zero bytes):
+    /// the device drops them. A classic response is no answer for us.
+    #[test]
+    fn rfc3489_messages_are_not_a_nodes_stun_disco_relay_or_wireguard() {
+        for m in [RFC3489_REQUEST, RFC3489_RESPONSE, RFC3489_CHANGE_IP_420] {
+            let m = hex(m);
+            assert!(!is_stun(&m));
+            assert!(!crate::disco::is_disco(&m));
+            assert!(!crate::relay::is_relay(&m));
+            let head = u32::from_le_bytes(m[..4].try_into().unwrap());
+            assert!(!(1..=4).contains(&head));
+        }
+        assert_eq!(
+            parse_binding_response(&hex(RFC3489_RESPONSE)).unwrap_err(),
+            StunError::NotStun
+        );
     }
 
     #[test]
@@ -946,6 +1293,25 @@ mod tests {
             prop_assert!(is_stun(&msg));
             let _ = answer(&msg, "[2001:db8::1]:1".parse().unwrap());
             let _ = parse_binding_response(&msg);
+        }
+
+        /// Any classic Binding request (no cookie) is answered with the
+        /// sender's address in MAPPED-ADDRESS and its 128-bit id echoed,
+        /// and is never taken for a node's STUN.
+        #[test]
+        fn rfc3489_any_id_any_address(id in any::<[u8; 16]>(), ip in any::<[u8; 4]>(), port in any::<u16>()) {
+            prop_assume!(id[..4] != MAGIC_COOKIE.to_be_bytes());
+            let mut req = vec![0x00, 0x01, 0x00, 0x00];
+            req.extend_from_slice(&id);
+            prop_assert!(!is_stun(&req));
+            let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port);
+            let resp = answer(&req, from).unwrap();
+            prop_assert_eq!(&resp[..4], &[0x01, 0x01, 0x00, 0x0c][..]);
+            prop_assert_eq!(&resp[4..HEADER_LEN], &id[..]);
+            let p = Packet::new_checked_any(&resp[..]).unwrap();
+            let a = p.attributes().next().unwrap().unwrap();
+            prop_assert_eq!(a.kind, attr::MAPPED_ADDRESS);
+            prop_assert_eq!(decode_address(&a, None).unwrap(), from);
         }
 
         #[test]

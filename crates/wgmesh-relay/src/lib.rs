@@ -6,7 +6,8 @@
 //! public key, over UDP and over WebSocket on TLS (TCP) for networks that
 //! block UDP. It lets in only the network's members (polled from the
 //! coordination server, or read from a file), rate-limits each node, sees
-//! ciphertext only, and answers STUN Binding requests on its UDP port.
+//! ciphertext only, and answers STUN Binding requests on its UDP port
+//! (RFC 8489, and RFC 3489 clients as RFC 8489 §11 asks).
 //!
 //! This crate is the IO shell: sockets, TLS, the clock, randomness, the key
 //! file and the membership source. The protocol (frames, the hello proof,
@@ -15,6 +16,7 @@
 //!
 //! - [`serve`]: the server: `start` / `run`, its configuration and stats;
 //! - [`members`]: where the membership comes from (server poll or file);
+//! - [`metrics`]: Prometheus metrics on their own listener;
 //! - [`key_file`]: the relay's static key in its state directory;
 //! - [`tls`]: rustls configurations (ring provider) from PEM files;
 //! - [`client`]: [`client::RelayClient`], an async node-side client over
@@ -23,6 +25,7 @@
 pub mod client;
 pub mod key_file;
 pub mod members;
+pub mod metrics;
 pub mod serve;
 pub mod tls;
 mod ws;

@@ -1,6 +1,7 @@
 //! Running the relay: its UDP socket (relay frames and STUN), its
-//! WebSocket listener, its membership source, and the one loop that owns
-//! the [`RelayCore`] and turns what arrives into what is sent.
+//! WebSocket listener, its membership source, its metrics listener, and
+//! the one loop that owns the [`RelayCore`] and turns what arrives into
+//! what is sent.
 //!
 //! One task owns the core, so there is no lock on the hot path; the UDP
 //! socket is read there too. WebSocket connections run as tasks of their
@@ -64,6 +65,9 @@ pub struct RelayServerConfig {
     /// The relay's static key.
     pub key: PrivateKey,
     pub core: RelayConfig,
+    /// The metrics listener's TCP address (plain HTTP, `GET /metrics`);
+    /// `None` to run none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What the relay has done.
@@ -73,6 +77,8 @@ pub struct Stats {
     pub members: usize,
     pub registered: usize,
     pub stun_answered: u64,
+    /// Of those, by kind: [`crate::metrics::stun_index`].
+    pub stun_responses: [u64; 4],
     /// UDP datagrams that were neither relay frames nor STUN requests.
     pub udp_ignored: u64,
     pub ws_connections: u64,
@@ -96,8 +102,17 @@ impl Stats {
 }
 
 #[derive(Debug)]
-enum Cmd {
+pub(crate) enum Cmd {
     Stats(oneshot::Sender<Stats>),
+}
+
+/// Asks the loop for its [`Stats`].
+pub(crate) async fn stats(cmd: &mpsc::Sender<Cmd>) -> anyhow::Result<Stats> {
+    let (tx, rx) = oneshot::channel();
+    cmd.send(Cmd::Stats(tx))
+        .await
+        .context("the relay loop has stopped")?;
+    rx.await.context("the relay loop has stopped")
 }
 
 /// A relay started by [`start`].
@@ -106,6 +121,8 @@ pub struct Running {
     pub udp: SocketAddr,
     pub ws: Option<SocketAddr>,
     pub public_key: PublicKey,
+    /// Where the metrics listener is, if there is one.
+    pub metrics: Option<SocketAddr>,
     cmd: mpsc::Sender<Cmd>,
     core_task: JoinHandle<()>,
     side_tasks: Vec<JoinHandle<()>>,
@@ -113,12 +130,7 @@ pub struct Running {
 
 impl Running {
     pub async fn stats(&self) -> anyhow::Result<Stats> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Cmd::Stats(tx))
-            .await
-            .context("the relay loop has stopped")?;
-        rx.await.context("the relay loop has stopped")
+        stats(&self.cmd).await
     }
 
     /// Stops the loop and the listeners; open connections are closed.
@@ -184,6 +196,22 @@ pub async fn start(config: RelayServerConfig) -> anyhow::Result<Running> {
     let core = RelayCore::new(config.key, config.core);
     let public_key = core.public_key();
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "binding the metrics listener to TCP {addr} (--metrics-listen off for none)"
+                )
+            })?;
+            let local = listener.local_addr()?;
+            side_tasks.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                cmd_tx.clone(),
+            )));
+            Some(local)
+        }
+        None => None,
+    };
     let core_task = tokio::spawn(
         Loop {
             core,
@@ -198,6 +226,7 @@ pub async fn start(config: RelayServerConfig) -> anyhow::Result<Running> {
         udp: udp_addr,
         ws: ws_addr,
         public_key,
+        metrics,
         cmd: cmd_tx,
         core_task,
         side_tasks,
@@ -212,6 +241,9 @@ pub async fn run(config: RelayServerConfig) -> anyhow::Result<()> {
     eprintln!("wgmesh relay: UDP (frames and STUN) on {}", running.udp);
     if let Some(ws) = running.ws {
         eprintln!("wgmesh relay: WebSocket on {ws}{}", ws::WS_PATH);
+    }
+    if let Some(m) = running.metrics {
+        eprintln!("wgmesh relay: metrics on http://{m}/metrics");
     }
     let mut every = tokio::time::interval(Duration::from_secs(60));
     every.tick().await;
@@ -318,9 +350,10 @@ impl Loop {
         if wgmesh_proto::relay::is_relay(datagram) {
             self.core
                 .handle_frame(Instant::now(), unix_ms(), SessionId::Udp(from), datagram);
-        } else if let Some(resp) = stun::answer(datagram, from) {
+        } else if let Some(resp) = stun::respond(datagram, from) {
             self.stats.stun_answered += 1;
-            let _ = self.udp.send_to(&resp, from).await;
+            self.stats.stun_responses[crate::metrics::stun_index(resp.kind, resp.rfc3489)] += 1;
+            let _ = self.udp.send_to(&resp.bytes, from).await;
         } else {
             self.stats.udp_ignored += 1;
         }

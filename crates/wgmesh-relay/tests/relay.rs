@@ -1,8 +1,10 @@
 //! The relay over real sockets on loopback: clients over UDP and over
 //! WebSocket/TLS (a CA-signed certificate made with openssl) exchange
 //! frames both ways; non-members, forged and replayed hellos are refused;
-//! the rate limit drops and counts; STUN is answered; a node removed from
-//! the members file is cut off within 2 s. Waits poll to deadlines.
+//! the rate limit drops and counts; the metrics listener tells all that
+//! in a form promtool accepts; STUN is answered, also to a third-party
+//! RFC 3489 client; a node removed from the members file is cut off
+//! within 2 s. Waits poll to deadlines.
 #![allow(clippy::unwrap_used)] // test helpers: a panic names the line that failed
 
 use std::net::SocketAddr;
@@ -67,6 +69,7 @@ impl Relay {
                 rate_limit,
                 ..RelayConfig::default()
             },
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         })
         .await
         .unwrap();
@@ -93,6 +96,20 @@ impl Relay {
 
     async fn stats(&self) -> Stats {
         self.running.stats().await.unwrap()
+    }
+
+    /// `GET /metrics` on the metrics listener, checked by promtool.
+    async fn scrape(&self) -> String {
+        let url = format!("http://{}/metrics", self.running.metrics.unwrap());
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        let text = r.text().await.unwrap();
+        let t = text.clone();
+        tokio::task::spawn_blocking(move || wgmesh_lab::third_party::promtool_check_metrics(&t))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("promtool on the relay's metrics: {e}\n{text}"));
+        text
     }
 
     async fn wait_stats(&self, what: &str, cond: impl Fn(&Stats) -> bool) -> Stats {
@@ -208,6 +225,32 @@ async fn udp_and_wss_clients_exchange_frames_both_ways_unchanged() {
     assert_eq!(s.core.hellos_accepted, 3);
     assert_eq!(s.registered, 3);
     assert_eq!(s.ws_connections, 2);
+    // The metrics, by the transport each frame went out on: to b's
+    // WebSocket from a and from c, to a over UDP from b.
+    let m = relay.scrape().await;
+    for line in [
+        "wgmesh_relay_members 3".to_owned(),
+        "wgmesh_relay_registrations 3".to_owned(),
+        "wgmesh_relay_forwarded_packets_total{transport=\"ws\"} 14".to_owned(),
+        "wgmesh_relay_forwarded_packets_total{transport=\"udp\"} 7".to_owned(),
+        format!(
+            "wgmesh_relay_forwarded_bytes_total{{transport=\"ws\"}} {}",
+            sent / 3 * 2
+        ),
+        format!(
+            "wgmesh_relay_forwarded_bytes_total{{transport=\"udp\"}} {}",
+            sent / 3
+        ),
+        "wgmesh_relay_ws_connections_total 2".to_owned(),
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line:?} not in\n{m}");
+    }
+    // Only /metrics is served there.
+    let other = format!("http://{}/", relay.running.metrics.unwrap());
+    assert_eq!(
+        reqwest::get(&other).await.unwrap().status(),
+        reqwest::StatusCode::NOT_FOUND
+    );
     // A send to a key with no registration comes back as peer gone.
     let nobody = new_key().public_key();
     ca.send(nobody, b"x").await.unwrap();
@@ -370,6 +413,12 @@ async fn the_rate_limit_drops_and_counts_excess() {
         s.core.frames_forwarded
     );
     assert!(s.core.dropped_rate_limited >= 100 - allowed);
+    let m = relay.scrape().await;
+    let line = format!(
+        "wgmesh_relay_dropped_total{{reason=\"rate_limited\"}} {}",
+        s.core.dropped_rate_limited
+    );
+    assert!(m.lines().any(|l| l == line), "{line:?} not in\n{m}");
     // b gets exactly what was forwarded.
     for _ in 0..s.core.frames_forwarded {
         assert_eq!(next_payload(&mut cb).await.1, vec![7u8; 1000]);
@@ -388,6 +437,44 @@ async fn stun_is_answered_on_the_relay_port() {
     assert_eq!(got, txid);
     assert_eq!(mapped, s.local_addr().unwrap());
     assert_eq!(relay.stats().await.stun_answered, 1);
+    // A comprehension-required attribute the relay does not know
+    // (PRIORITY, 0x0024): a 420 listing it (RFC 8489 §6.3.1.1).
+    let mut req = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+    req.extend_from_slice(&txid.0);
+    req.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 0x6e, 0x00, 0x01, 0xff]);
+    s.send(&req).await.unwrap();
+    let resp = raw_recv(&s).await;
+    assert_eq!(
+        stun::parse_binding_response(&resp).unwrap_err(),
+        stun::StunError::ErrorResponse { code: Some(420) }
+    );
+    // Debian's RFC 3489 client (no magic cookie): before issue 10 the
+    // relay counted it as ignored and said nothing.
+    let udp = relay.running.udp;
+    let got = tokio::task::spawn_blocking(move || {
+        wgmesh_lab::third_party::stun_client_binding(udp, Duration::from_secs(10))
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("the RFC 3489 client against the relay's STUN: {e}"));
+    assert_eq!(
+        got.mapped,
+        SocketAddr::new("127.0.0.1".parse().unwrap(), got.local_port)
+    );
+    let m = relay.scrape().await;
+    for line in [
+        "wgmesh_relay_stun_responses_total{result=\"success\",version=\"rfc8489\"} 1",
+        "wgmesh_relay_stun_responses_total{result=\"error\",version=\"rfc8489\"} 1",
+        "wgmesh_relay_udp_ignored_total 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line:?} not in\n{m}");
+    }
+    assert!(
+        !m.lines()
+            .any(|l| l
+                == "wgmesh_relay_stun_responses_total{result=\"success\",version=\"rfc3489\"} 0"),
+        "{m}"
+    );
     relay.running.stop().await;
 }
 
@@ -512,6 +599,7 @@ async fn members_come_from_the_server_with_the_relay_token() {
             },
             key: new_key(),
             core: RelayConfig::default(),
+            metrics_listen: None,
         })
     };
     // The wrong token gets nothing: no members, everyone refused.

@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub transport: Transport,
     /// The STUN responder's UDP address; `None` to run none.
     pub stun_listen: Option<SocketAddr>,
+    /// The metrics listener's TCP address (plain HTTP, `GET /metrics`);
+    /// `None` to run none.
+    pub metrics_listen: Option<SocketAddr>,
     pub service: ServiceConfig,
 }
 
@@ -81,12 +84,14 @@ pub async fn init(database: &str, force: bool) -> anyhow::Result<String> {
 pub struct Running {
     pub http: SocketAddr,
     pub stun: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub service: Arc<Service>,
     handle: axum_server::Handle,
     /// Held until the process ends (SQLite only).
     _lock: Option<DbLock>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     stun_task: Option<tokio::task::JoinHandle<()>>,
+    metrics_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Running {
@@ -95,6 +100,10 @@ impl Running {
         self.handle
             .graceful_shutdown(Some(std::time::Duration::from_secs(5)));
         if let Some(t) = self.stun_task {
+            t.abort();
+        }
+        // A scrape is one short response: nothing to drain.
+        if let Some(t) = self.metrics_task {
             t.abort();
         }
         self.http_task
@@ -125,6 +134,25 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
             eprintln!("wgmesh server: STUN on udp://{local}");
             let task = tokio::spawn(crate::stun_server::serve(sock, svc.clone()));
             (Some(local), Some(task))
+        }
+        None => (None, None),
+    };
+    let (metrics, metrics_task) = match config.metrics_listen {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| {
+                format!(
+                    "binding the metrics listener to TCP {addr} (--metrics-listen off for none)"
+                )
+            })?;
+            listener.set_nonblocking(true)?;
+            let local = listener.local_addr()?;
+            eprintln!("wgmesh server: metrics on http://{local}/metrics");
+            let app = crate::metrics::app(svc.clone()).into_make_service();
+            let server = axum_server::from_tcp(listener);
+            (
+                Some(local),
+                Some(tokio::spawn(async move { server.serve(app).await })),
+            )
         }
         None => (None, None),
     };
@@ -163,11 +191,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Running> {
     Ok(Running {
         http,
         stun,
+        metrics,
         service: svc,
         handle,
         _lock: lock,
         http_task,
         stun_task,
+        metrics_task,
     })
 }
 

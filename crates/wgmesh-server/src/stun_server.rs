@@ -1,9 +1,11 @@
 //! The server's STUN responder (RFC 8489 Binding): agents send a Binding
 //! request from their WireGuard socket and learn the address their NAT
-//! maps it to (their reflexive endpoint). Anything that is not a
-//! well-formed Binding request is ignored, so the port cannot be used to
-//! reflect traffic at a third party with amplification: a response is
-//! never larger than its request plus a few dozen bytes.
+//! maps it to (their reflexive endpoint). RFC 3489 clients are answered
+//! too (RFC 8489 §11), and requests with attributes we do not understand
+//! get a 420 (§6.3.1.1): [`wgmesh_proto::stun::respond`]. Anything that
+//! is not a well-formed Binding request is ignored, so the port cannot be
+//! used to reflect traffic at a third party with amplification: a
+//! response is never more than 2.7 times its request.
 
 use std::sync::Arc;
 
@@ -22,11 +24,11 @@ pub async fn serve(sock: UdpSocket, svc: Arc<Service>) {
                 continue;
             }
         };
-        let Some(reply) = wgmesh_proto::stun::answer(&buf[..n], from) else {
+        let Some(reply) = wgmesh_proto::stun::respond(&buf[..n], from) else {
             continue;
         };
-        match sock.send_to(&reply, from).await {
-            Ok(_) => svc.metrics.stun_answered(),
+        match sock.send_to(&reply.bytes, from).await {
+            Ok(_) => svc.metrics.stun_answered(reply.kind, reply.rfc3489),
             Err(e) => eprintln!("wgmesh server: STUN reply to {from} failed: {e}"),
         }
     }

@@ -385,8 +385,17 @@ async fn setup_keys_past_expiry_or_usage_limit_are_refused_and_change_nothing() 
         };
         let (b, a) = (used(&before), used(&after));
         assert_eq!(a[..4], b[..4], "refused enrolments counted as uses");
-        let (_, m) = call(&f.svc, "GET", "/metrics", None, None).await;
-        assert!(m.is_null(), "metrics are text");
+        // The refusals are counted; metrics are not on the API's router
+        // (they have a listener of their own).
+        let m = f.svc.metrics.render(0, 0);
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("wgmesh_enrolment_failures_total ")
+                    && l != "wgmesh_enrolment_failures_total 0"),
+            "{m}"
+        );
+        let (s, _) = call(&f.svc, "GET", "/metrics", None, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
     }
 }
 

@@ -23,6 +23,7 @@ fn config(url: &str, transport: Transport) -> ServerConfig {
         database: url.to_owned(),
         transport,
         stun_listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_listen: None,
         service: ServiceConfig::default(),
     }
 }

@@ -9,6 +9,7 @@ mod demo_cmd;
 mod go_cmd;
 mod key_cmd;
 mod lab_cmd;
+mod listen_flag;
 mod plan_cmd;
 mod relay_cmd;
 mod secret_file;

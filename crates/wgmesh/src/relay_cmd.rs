@@ -57,6 +57,10 @@ pub struct RelayArgs {
     /// second's worth, at least 64 KiB). Unlimited when absent.
     #[arg(long, value_name = "N")]
     rate_limit_kbps: Option<u64>,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP); "off" for
+    /// none.
+    #[arg(long, value_name = "ADDR:PORT|off", default_value = "127.0.0.1:9091")]
+    metrics_listen: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,11 +141,13 @@ pub fn run(args: RelayArgs) -> anyhow::Result<()> {
             key_file::key_path(&args.state_dir).display()
         );
     }
+    let metrics_listen = crate::listen_flag::parse("--metrics-listen", &args.metrics_listen)?;
     let config = RelayServerConfig {
         listen_udp,
         ws,
         members,
         key,
+        metrics_listen,
         core: RelayConfig {
             rate_limit: args.rate_limit_kbps.map(rate_limit).transpose()?,
             ..RelayConfig::default()

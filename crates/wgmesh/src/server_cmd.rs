@@ -32,6 +32,10 @@ pub struct ServerArgs {
     /// on port 3478); "off" for none.
     #[arg(long, value_name = "ADDR:PORT|off")]
     stun_listen: Option<String>,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP); "off" for
+    /// none. Not on the API's port.
+    #[arg(long, value_name = "ADDR:PORT|off", default_value = "127.0.0.1:9090")]
+    metrics_listen: String,
     /// Seconds a removed node's address waits before it is given out again.
     #[arg(long, value_name = "SECS", default_value_t = 86_400)]
     address_grace_secs: i64,
@@ -77,11 +81,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         ),
         None => Some(SocketAddr::new(listen.ip(), 3478)),
     };
+    let metrics_listen = crate::listen_flag::parse("--metrics-listen", &args.metrics_listen)?;
     let config = ServerConfig {
         listen,
         database,
         transport,
         stun_listen,
+        metrics_listen,
         service: ServiceConfig {
             address_grace: args.address_grace_secs,
         },

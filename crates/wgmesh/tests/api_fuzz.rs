@@ -89,6 +89,8 @@ fn start(database: &str) -> (String, Server) {
             "--insecure-http",
             "--stun-listen",
             "off",
+            "--metrics-listen",
+            "off",
         ])
         .stderr(Stdio::piped())
         .spawn()

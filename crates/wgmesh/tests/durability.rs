@@ -54,6 +54,8 @@ impl Server {
                 "--insecure-http",
                 "--stun-listen",
                 "off",
+                "--metrics-listen",
+                "off",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -424,9 +424,25 @@ fn nat_kinds_pairwise_direct_where_possible_relayed_otherwise_and_failover() {
 /// to its peer goes through the relay over TCP; its status says why.
 #[test]
 fn a_udp_blocked_node_goes_through_the_relays_websocket() {
-    let Some(mut lab) = lab("udp_blocked") else {
+    let Some(w) = udp_blocked_world("udp_blocked") else {
         return;
     };
+    let (blk, pr) = (w.address("blk"), w.address("pr"));
+    w.lab
+        .ping_until("blk", pr, FORM)
+        .unwrap_or_else(|e| panic!("blk → pr: {e}\n{}", w.lab.logs()));
+    w.lab
+        .ping_until("pr", blk, FORM)
+        .unwrap_or_else(|e| panic!("pr → blk: {e}\n{}", w.lab.logs()));
+    w.stop_agents();
+}
+
+/// The server on nyc (port 443), a relay with a WebSocket on its own
+/// host, blk behind a firewall that lets only TCP to 443 out and pr
+/// behind a port-restricted NAT; waits until blk ↔ pr is relayed and
+/// blk says why.
+fn udp_blocked_world(test: &str) -> Option<World> {
+    let mut lab = lab(test)?;
     lab.add_public_host("relay", "203.0.113.20".parse().unwrap())
         .unwrap();
     for (i, (host, kind)) in [
@@ -455,13 +471,79 @@ fn a_udp_blocked_node_goes_through_the_relays_websocket() {
             && w.route("blk", "pr")
                 .is_some_and(|r| r.starts_with("relayed via r1: UDP blocked at blk"))
     });
+    Some(w)
+}
+
+/// `promtool check metrics` (Prometheus' own parser and linter) on what
+/// every role exposes, after real traffic: the server's and the relay's
+/// metrics listeners at their defaults (127.0.0.1:9090 and :9091 in their
+/// hosts), and `wgmesh status --metrics` of both agents. Any finding
+/// fails. Before issue 10 the relay had no metrics and the server's were
+/// on its API port, which now answers 404.
+#[test]
+fn every_roles_metrics_pass_promtool() {
+    if !lab_ready("metrics_promtool", true, &["curl", "promtool"]) {
+        return;
+    }
+    let Some(w) = udp_blocked_world("metrics_promtool") else {
+        return;
+    };
     let (blk, pr) = (w.address("blk"), w.address("pr"));
-    w.lab
-        .ping_until("blk", pr, FORM)
-        .unwrap_or_else(|e| panic!("blk → pr: {e}\n{}", w.lab.logs()));
-    w.lab
-        .ping_until("pr", blk, FORM)
-        .unwrap_or_else(|e| panic!("pr → blk: {e}\n{}", w.lab.logs()));
+    for (from, to) in [("blk", pr), ("pr", blk)] {
+        w.lab
+            .ping_until(from, to, FORM)
+            .unwrap_or_else(|e| panic!("{from} → {to}: {e}\n{}", w.lab.logs()));
+    }
+    let curl = |host: &str, url: &str| w.sh(host, &["curl", "-sSf", "--max-time", "10", url]);
+    let server = curl("nyc", "http://127.0.0.1:9090/metrics");
+    let relay = curl("relay", "http://127.0.0.1:9091/metrics");
+    let api_status = w.sh(
+        "nyc",
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "http://127.0.0.1:443/metrics",
+        ],
+    );
+    assert_eq!(api_status, "404", "/metrics on the API port");
+    let agent = |host: &str| {
+        w.sh(
+            host,
+            &[WGMESH, "status", "--metrics", "--state-dir", &w.state(host)],
+        )
+    };
+    let scrapes = [
+        ("server", server),
+        ("relay", relay),
+        ("agent blk", agent("blk")),
+        ("agent pr", agent("pr")),
+    ];
+    for (role, text) in &scrapes {
+        match wgmesh_lab::third_party::promtool_check_metrics(text) {
+            Ok(_) => eprintln!("promtool check metrics on the {role}: no findings"),
+            Err(e) => panic!("promtool on the {role}'s metrics: {e}\n{text}"),
+        }
+    }
+    let value = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+    };
+    let (server, relay) = (&scrapes[0].1, &scrapes[1].1);
+    assert_eq!(value(server, "wgmesh_nodes"), 2);
+    assert_eq!(value(relay, "wgmesh_relay_registrations"), 2);
+    // blk's side goes over the WebSocket, pr's over UDP.
+    for transport in ["udp", "ws"] {
+        let series = format!("wgmesh_relay_forwarded_packets_total{{transport=\"{transport}\"}}");
+        assert!(value(relay, &series) > 0, "{series}\n{relay}");
+    }
+    eprintln!("the relay's metrics:\n{relay}");
     w.stop_agents();
 }
 

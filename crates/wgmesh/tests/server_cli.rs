@@ -21,6 +21,23 @@ fn wgmesh() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wgmesh"))
 }
 
+/// A plain HTTP/1.1 GET: the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
 fn admin(url: &str, token: &str, args: &[&str]) -> String {
     let out = wgmesh()
         .arg("admin")
@@ -74,24 +91,45 @@ fn init_serve_and_administer_from_the_shell() {
             "--insecure-http",
             "--stun-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let server = Server { child };
-    // The server says where it listens; wait for that line (deadline).
+    // The server says where it listens; wait for those lines (deadline).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("wgmesh server: listening on ") {
-                let _ = tx.send(addr.split(' ').next().unwrap().to_owned());
+            for prefix in ["wgmesh server: metrics on ", "wgmesh server: listening on "] {
+                if let Some(addr) = line.strip_prefix(prefix) {
+                    let _ = tx.send((prefix, addr.split(' ').next().unwrap().to_owned()));
+                }
             }
         }
     });
-    let url = rx
+    let (first, metrics) = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("server did not start");
+    assert_eq!(first, "wgmesh server: metrics on ", "{metrics}");
+    let (_, url) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server did not start");
+
+    // Metrics on their own listener, not on the API's port.
+    let metrics = metrics
+        .strip_prefix("http://")
+        .and_then(|m| m.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned();
+    let (status, body) = http_get(&metrics, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body.contains("# TYPE wgmesh_nodes gauge"), "{body}");
+    let api = url.strip_prefix("http://").unwrap();
+    let (status, _) = http_get(api, "/metrics");
+    assert!(status.contains(" 404 "), "{status}");
 
     let out = admin(
         &url,

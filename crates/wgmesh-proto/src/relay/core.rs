@@ -98,6 +98,10 @@ pub struct RelayCounters {
     pub hellos_accepted: u64,
     pub frames_forwarded: u64,
     pub bytes_forwarded: u64,
+    /// Of those, the frames and payload bytes forwarded to a stream
+    /// (WebSocket) session; the rest went out over UDP.
+    pub frames_forwarded_stream: u64,
+    pub bytes_forwarded_stream: u64,
     pub keepalives: u64,
     pub peer_gone_sent: u64,
     /// Hellos from keys that are not members.
@@ -117,11 +121,13 @@ pub struct RelayCounters {
 }
 
 impl RelayCounters {
-    pub fn named(&self) -> [(&'static str, u64); 13] {
+    pub fn named(&self) -> [(&'static str, u64); 15] {
         let Self {
             hellos_accepted,
             frames_forwarded,
             bytes_forwarded,
+            frames_forwarded_stream,
+            bytes_forwarded_stream,
             keepalives,
             peer_gone_sent,
             dropped_not_member,
@@ -137,6 +143,8 @@ impl RelayCounters {
             ("hellos_accepted", hellos_accepted),
             ("frames_forwarded", frames_forwarded),
             ("bytes_forwarded", bytes_forwarded),
+            ("frames_forwarded_stream", frames_forwarded_stream),
+            ("bytes_forwarded_stream", bytes_forwarded_stream),
             ("keepalives", keepalives),
             ("peer_gone_sent", peer_gone_sent),
             ("dropped_not_member", dropped_not_member),
@@ -318,8 +326,13 @@ impl RelayCore {
                     self.transmit(from, Frame::PeerGone(to));
                     return;
                 };
+                let n = u64::try_from(payload.len()).unwrap_or(0);
                 self.counters.frames_forwarded += 1;
-                self.counters.bytes_forwarded += u64::try_from(payload.len()).unwrap_or(0);
+                self.counters.bytes_forwarded += n;
+                if let SessionId::Conn(_) = dest {
+                    self.counters.frames_forwarded_stream += 1;
+                    self.counters.bytes_forwarded_stream += n;
+                }
                 self.transmit(
                     dest,
                     Frame::Recv {

@@ -1,4 +1,5 @@
-//! The REST API under `/api/v1`, plus `/metrics` and `/healthz`.
+//! The REST API under `/api/v1`, plus `/healthz`. (Metrics have a
+//! listener of their own: [`crate::metrics::app`].)
 //!
 //! [`api_router`] registers every route and its OpenAPI operation from
 //! the handler's `#[utoipa::path]` at once ([`openapi`]); [`app`] serves
@@ -20,9 +21,8 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -124,8 +124,6 @@ pub fn api_router(base: utoipa::openapi::OpenApi) -> OpenApiRouter<Arc<Service>>
 pub fn app(svc: Arc<Service>) -> Router {
     let (router, _) = api_router(utoipa::openapi::OpenApi::default()).split_for_parts();
     router
-        // Not in the document: it moves to a listener of its own.
-        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::Service(crate::service::ServiceError::NotFound("route".into()))
         })
@@ -133,16 +131,19 @@ pub fn app(svc: Arc<Service>) -> Router {
         .with_state(svc)
 }
 
-/// Records each request's latency by route template.
+/// Records each request's latency by method, route template and status
+/// class; [`crate::metrics`] bounds each label.
 async fn observe(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let response = next.run(req).await;
-    svc.metrics.observe(&method, &route, start.elapsed());
+    svc.metrics.observe(
+        &method,
+        route.as_ref().map(MatchedPath::as_str),
+        response.status(),
+        start.elapsed(),
+    );
     response
 }
 
@@ -499,12 +500,4 @@ async fn delete_relay(
     responses((status = 200, description = "The members.", body = RelayMembers), Denied))]
 async fn relay_members(State(svc): State<Arc<Service>>, _: RelayAuth) -> ApiResult<RelayMembers> {
     Ok(Json(svc.relay_members().await))
-}
-
-async fn metrics(State(svc): State<Arc<Service>>) -> impl IntoResponse {
-    let (nodes, online) = svc.node_counts().await;
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        svc.metrics.render(nodes, online),
-    )
 }

@@ -118,6 +118,9 @@ fn members_register_and_exchange_both_ways() {
     let c = w.relay.counters();
     assert_eq!(c.frames_forwarded, 2);
     assert_eq!(c.bytes_forwarded, 15 + 4);
+    // By where they went: a→b to b's WebSocket, b→a over UDP.
+    assert_eq!(c.frames_forwarded_stream, 1);
+    assert_eq!(c.bytes_forwarded_stream, 15);
     assert_eq!(c.hellos_accepted, 2);
     let events: Vec<_> = std::iter::from_fn(|| w.relay.poll_event()).collect();
     assert_eq!(events.len(), 2);
