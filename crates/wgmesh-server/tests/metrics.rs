@@ -116,6 +116,7 @@ async fn junk_batch(client: &reqwest::Client, base: &str) -> usize {
 #[tokio::test]
 async fn metrics_have_their_own_listener_and_bounded_labels() {
     let db = support::sqlite();
+    support::create_schema(&db).await;
     let running = serve::start(config(db.url())).await.unwrap();
     let base = format!("http://{}", running.http);
     let metrics = running.metrics.expect("a metrics listener was asked for");
@@ -193,6 +194,7 @@ async fn metrics_have_their_own_listener_and_bounded_labels() {
 #[tokio::test]
 async fn an_rfc3489_client_learns_its_mapped_address() {
     let db = support::sqlite();
+    support::create_schema(&db).await;
     let running = serve::start(config(db.url())).await.unwrap();
     let stun_addr = running.stun.unwrap();
     let got = tokio::task::spawn_blocking(move || {
