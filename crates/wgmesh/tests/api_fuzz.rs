@@ -12,11 +12,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
+
+use support::ServerProcess as Server;
 
 /// Cases per operation and phase: enough to reach every validation
 /// branch, few enough for the four runs to take about two minutes here.
@@ -47,78 +46,11 @@ fn api_tool(name: &str) -> PathBuf {
     tool
 }
 
-/// The server process, ended by its PID when this goes (also on panic).
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wgmesh() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wgmesh"))
-}
-
 /// `wgmesh server init`, then `wgmesh server` on a free loopback port;
 /// the admin token and the running server.
 fn start(database: &str) -> (String, Server) {
-    let out = wgmesh()
-        .args(["server", "init", "--database", database])
-        .output()
-        .unwrap();
-    support::assert_success("wgmesh server init", &out);
-    let token = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let mut child = wgmesh()
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            database,
-            "--insecure-http",
-            "--stun-listen",
-            "off",
-            "--metrics-listen",
-            "off",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("wgmesh server: listening on ") {
-                let _ = tx.send(addr.split(' ').next().unwrap().to_owned());
-            }
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    let mut server = Server {
-        child,
-        url: String::new(),
-        log,
-    };
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("server did not start: {}", server.log.lock().unwrap()));
-    server.url = addr;
-    (token, server)
+    let token = support::server_init(database);
+    (token, Server::start(database))
 }
 
 /// One Schemathesis run; the number of cases it generated.
@@ -155,7 +87,7 @@ fn schemathesis(server: &Server, token: Option<&str>, what: &str) -> u64 {
     assert!(
         out.status.success(),
         "schemathesis {what} found failures:\n{report}\nserver log:\n{}",
-        server.log.lock().unwrap()
+        server.log_text()
     );
     // "Test cases:\n  1363 generated, 1363 passed"
     let generated = report
@@ -182,7 +114,7 @@ fn fuzz(database: &str, backend: &str) {
     for n in [admin, anonymous] {
         assert!((24 * 10..=24 * 200).contains(&n), "{backend}: {n} cases");
     }
-    let log = server.log.lock().unwrap().clone();
+    let log = server.log_text();
     assert!(!log.contains("internal error"), "{backend}: {log}");
 }
 

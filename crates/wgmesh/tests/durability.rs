@@ -18,99 +18,15 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{PgDatabase, psql};
+use support::{PgDatabase, ServerProcess as Server, psql, server_init as init};
 
 const WGMESH: &str = env!("CARGO_BIN_EXE_wgmesh");
-
-/// A `wgmesh server` process, killed by PID when dropped; its stderr
-/// lines are kept for the test to read.
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(database: &str) -> Self {
-        Self::try_start(database).unwrap_or_else(|log| panic!("server did not start:\n{log}"))
-    }
-
-    /// Starts a server; `Err` with its output if it exits instead.
-    fn try_start(database: &str) -> Result<Self, String> {
-        let mut child = Command::new(WGMESH)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--database",
-                database,
-                "--insecure-http",
-                "--stun-listen",
-                "off",
-                "--metrics-listen",
-                "off",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("wgmesh server: listening on ") {
-                    let _ = tx.send(addr.split(' ').next().unwrap().to_owned());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(url) = rx.recv_timeout(Duration::from_millis(50)) {
-                return Ok(Self { child, url, log });
-            }
-            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                // The reader thread ends with the pipe.
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_secs(2) {
-                    if rx.try_recv().is_err() && Arc::strong_count(&log) == 1 {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                return Err(log.lock().unwrap().join("\n"));
-            }
-        }
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One HTTP call through curl: (status, JSON body or Null).
 fn call(url: &str, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -137,24 +53,6 @@ fn call(url: &str, token: &str, method: &str, path: &str, body: Option<&Value>) 
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     let code = code.trim().parse().unwrap_or(0);
     (code, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn init(database: &str) -> String {
-    let out = Command::new(WGMESH)
-        .args(["server", "init", "--database", database])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned()
 }
 
 /// Every write made, by what the server answered.

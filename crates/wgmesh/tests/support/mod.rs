@@ -7,10 +7,12 @@
 use std::env;
 use std::fs::{self, File};
 use std::io::ErrorKind;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -461,4 +463,110 @@ pub fn wgmesh_go_link(dir: &Path) -> PathBuf {
             .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
     }
     link
+}
+
+/// A `wgmesh server` process, killed by PID when dropped; its stderr
+/// lines are kept for the test to read.
+pub struct ServerProcess {
+    pub child: Child,
+    pub url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+#[allow(clippy::unwrap_used)] // test helper: a panic names the line that failed
+impl ServerProcess {
+    /// `wgmesh server` on a free loopback port, plain HTTP, no STUN or
+    /// metrics listener (tests run many at once).
+    pub fn start(database: &str) -> Self {
+        Self::try_start(database).unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    /// Starts a server; `Err` with its output if it exits instead.
+    pub fn try_start(database: &str) -> Result<Self, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                database,
+                "--insecure-http",
+                "--stun-listen",
+                "off",
+                "--metrics-listen",
+                "off",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("wgmesh server: listening on ") {
+                    let _ = tx.send(addr.split(' ').next().unwrap().to_owned());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(url) = rx.recv_timeout(Duration::from_millis(50)) {
+                return Ok(Self { child, url, log });
+            }
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader thread ends with the pipe.
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(2) {
+                    if rx.try_recv().is_err() && Arc::strong_count(&log) == 1 {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                return Err(log.lock().unwrap().join("\n"));
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `wgmesh server init`; the admin token it prints (its last line).
+#[allow(clippy::unwrap_used)] // test helper: a panic names the line that failed
+pub fn server_init(database: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_wgmesh"))
+        .args(["server", "init", "--database", database])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
 }
