@@ -160,3 +160,39 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     runtime()?.block_on(serve::run(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every key of server.toml, with its flag and variable, is in
+    /// docs/config.md's table, so the two cannot drift apart.
+    #[test]
+    fn docs_list_every_key() {
+        let all = ServerFile {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            database: Some(String::new()),
+            insecure_http: Some(true),
+            tls_cert: Some(PathBuf::new()),
+            tls_key: Some(PathBuf::new()),
+            stun_listen: Some(String::new()),
+            metrics_listen: Some(String::new()),
+            address_grace_secs: Some(1),
+        };
+        let docs = include_str!("../../../docs/config.md");
+        let toml = crate::config_file::render(&all).unwrap();
+        let keys: Vec<&str> = toml.lines().filter_map(|l| l.split(' ').next()).collect();
+        assert_eq!(keys.len(), 8, "{toml}");
+        for key in keys {
+            let flag = format!("--{}", key.replace('_', "-"));
+            let var = format!("WGMESH_{}", key.to_uppercase());
+            let row = format!("| `{key}` ");
+            let line = docs
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("docs/config.md has no row for {key}"));
+            assert!(line.contains(&format!("`{flag}`")), "{line}");
+            assert!(line.contains(&format!("`{var}`")), "{line}");
+        }
+    }
+}
