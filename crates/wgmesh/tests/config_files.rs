@@ -139,3 +139,36 @@ fn server_missing_config_file_is_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/server.toml"), "{err}");
 }
+
+/// `wgmesh admin`'s --ca-file is read wherever it stands and from
+/// WGMESH_CA_FILE: a CA file that does not exist is reported by its name
+/// before any connection (the server's address is a closed loopback port).
+#[test]
+fn admin_ca_file_in_any_position_and_from_env() {
+    let admin = |args: &[&str], env_ca: Option<&str>| {
+        let mut c = wgmesh();
+        c.env_remove("WGMESH_CA_FILE")
+            .env("WGMESH_TOKEN", "t")
+            .env("WGMESH_SERVER", "https://127.0.0.1:1")
+            .arg("admin")
+            .args(args);
+        if let Some(ca) = env_ca {
+            c.env("WGMESH_CA_FILE", ca);
+        }
+        let out = c.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let before = admin(
+        &["--ca-file", "/nonexistent/a.pem", "networks", "list"],
+        None,
+    );
+    assert!(before.contains("/nonexistent/a.pem"), "{before}");
+    let after = admin(
+        &["networks", "list", "--ca-file", "/nonexistent/b.pem"],
+        None,
+    );
+    assert!(after.contains("/nonexistent/b.pem"), "{after}");
+    let env = admin(&["networks", "list"], Some("/nonexistent/c.pem"));
+    assert!(env.contains("/nonexistent/c.pem"), "{env}");
+}
