@@ -28,8 +28,9 @@ pub struct AdminArgs {
     /// A file holding the admin token (else WGMESH_TOKEN).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// A CA certificate (PEM) to trust for the server's certificate.
-    #[arg(long, value_name = "FILE")]
+    /// A CA certificate (PEM) to trust for the server's certificate (or
+    /// WGMESH_CA_FILE); before or after the subcommand.
+    #[arg(long, env = "WGMESH_CA_FILE", global = true, value_name = "FILE")]
     ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]

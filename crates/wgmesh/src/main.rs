@@ -5,6 +5,7 @@
 mod admin_cmd;
 mod agent_cmd;
 mod conf_cmd;
+mod config_file;
 mod demo_cmd;
 mod go_cmd;
 mod key_cmd;
