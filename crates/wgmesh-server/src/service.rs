@@ -692,6 +692,7 @@ impl Service {
             .network_by_name(network)
             .ok_or_else(|| ServiceError::NotFound(format!("network {network:?}")))?
             .clone();
+        unknown_names(&world, net.id, &policy)?;
         let mut tx = self.db.begin_write().await?;
         sqlx::query("UPDATE networks SET policy = $1 WHERE id = $2")
             .bind(json(&policy))
@@ -1334,4 +1335,56 @@ fn topology_text(t: Topology) -> &'static str {
         Topology::FullMesh => "full-mesh",
         Topology::HubAndSpoke => "hub-and-spoke",
     }
+}
+
+/// Refuses a policy that names a node or group the network does not have:
+/// a typo such as `node:labb` would otherwise silently match nothing and
+/// replace a working rule. Known groups are those of the network's nodes
+/// and of its setup keys (a key's groups are what its nodes will get, so a
+/// policy may name them before the first node enrols). Every unknown name
+/// is listed, so one attempt shows them all.
+fn unknown_names(world: &World, network_id: i64, policy: &Policy) -> Result<(), ServiceError> {
+    use std::collections::BTreeSet;
+    use wgmesh_core::netmap::policy::Selector;
+    let nodes: BTreeSet<&str> = world
+        .nodes
+        .values()
+        .filter(|n| n.network_id == network_id)
+        .map(|n| n.name.as_str())
+        .collect();
+    let groups: BTreeSet<&str> = world
+        .nodes
+        .values()
+        .filter(|n| n.network_id == network_id)
+        .flat_map(|n| n.groups.iter())
+        .chain(
+            world
+                .setup_keys
+                .values()
+                .filter(|k| k.network_id == network_id && !k.revoked)
+                .flat_map(|k| k.groups.iter()),
+        )
+        .map(String::as_str)
+        .collect();
+    let mut unknown = BTreeSet::new();
+    for rule in &policy.rules {
+        for sel in rule.from.iter().chain(&rule.to) {
+            let known = match sel {
+                Selector::All => true,
+                Selector::Node(n) => nodes.contains(n.as_str()),
+                Selector::Group(g) => groups.contains(g.as_str()),
+            };
+            if !known {
+                unknown.insert(sel.to_string());
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown.into_iter().collect();
+    Err(ServiceError::BadRequest(format!(
+        "rules: unknown in this network: {}",
+        list.join(", ")
+    )))
 }

@@ -602,6 +602,37 @@ async fn a_restarted_server_resumes_with_its_state() {
 }
 
 #[tokio::test]
+async fn a_policy_naming_unknown_nodes_or_groups_is_refused_and_changes_nothing() {
+    for db in backends().await {
+        let f = fixture(&db).await;
+        // A working rule: nodes a and b, group ops (the setup key's).
+        let good = json!({ "default": "allow", "rule": [
+            { "action": "deny", "from": ["node:b"], "to": ["node:a", "group:ops"], "proto": "tcp", "ports": ["22"] }
+        ]});
+        let path = "/api/v1/networks/seed/policy";
+        let (s, v) = call(&f.svc, "PUT", path, Some(&f.admin), Some(good)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let before = state(&f).await;
+        // A typo replacing it: refused, every unknown name listed.
+        let typo = json!({ "default": "allow", "rule": [
+            { "action": "deny", "from": ["node:labb", "*"], "to": ["node:a"], "proto": "tcp", "ports": ["22"] },
+            { "action": "deny", "from": ["group:opz"], "to": ["node:zz", "group:ops"] }
+        ]});
+        let (s, v) = call(&f.svc, "PUT", path, Some(&f.admin), Some(typo)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let m = v["message"].as_str().unwrap();
+        for name in ["rules", "node:labb", "node:zz", "group:opz"] {
+            assert!(m.contains(name), "{name} missing: {m}");
+        }
+        for known in ["node:a", "group:ops", "*"] {
+            assert!(!m.contains(&format!(" {known}")), "{known} listed: {m}");
+        }
+        // Nothing changed: policy, audit log, maps.
+        assert_eq!(state(&f).await, before);
+    }
+}
+
+#[tokio::test]
 async fn bad_requests_get_clear_errors() {
     let db = support::sqlite();
     let f = fixture(&db).await;
