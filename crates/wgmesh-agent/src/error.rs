@@ -26,6 +26,11 @@ pub enum AgentError {
     /// A command-line or configuration value.
     #[error("{0}")]
     Config(String),
+    /// The server refused this node for good: removed by an admin, its
+    /// credential expired, or the setup key refused. Restarting as is
+    /// cannot help (the binary exits with a code of its own for it).
+    #[error("refused by the server: {0}")]
+    Refused(String),
     /// The status socket.
     #[error("status socket {}: {error}", path.display())]
     Status {

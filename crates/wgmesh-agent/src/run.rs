@@ -130,6 +130,8 @@ pub fn up(config: UpConfig) -> Result<(), AgentError> {
 enum Stop {
     Signal(&'static str),
     Fatal(String),
+    /// The server refused the credential (401): the node was removed.
+    Refused(String),
 }
 
 struct Shutdown {
@@ -246,8 +248,8 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
     let mut backoff = Backoff::default();
     let credential = agent.state.credential()?;
     if credential.is_none() && agent.cfg.setup_key.is_none() {
-        return Err(AgentError::Config(format!(
-            "this node has not enrolled yet (no credential in {}): give --setup-key KEY \
+        return Err(AgentError::Refused(format!(
+            "this node has no credential (never enrolled, or removed) in {}: give --setup-key KEY \
              (or WGMESH_SETUP_KEY)",
             agent.state.path().display()
         )));
@@ -369,6 +371,16 @@ pub async fn run(cfg: UpConfig) -> Result<(), AgentError> {
     match stop? {
         Stop::Signal(_) => Ok(()),
         Stop::Fatal(why) => Err(AgentError::Config(format!("the engine failed: {why}"))),
+        Stop::Refused(why) => {
+            // The credential is dead: forget it so that a restart with
+            // --setup-key enrols anew. The key stays (same identity).
+            if let Err(e) = agent.state.remove_credential() {
+                eprintln!("wgmesh: {e}");
+            }
+            Err(AgentError::Refused(format!(
+                "{why}; restart with --setup-key KEY to enrol again"
+            )))
+        }
     }
 }
 
@@ -427,6 +439,7 @@ impl Agent {
                         () = tokio::time::sleep(wait) => {}
                     }
                 }
+                Err(e) if is_refusal(&e) => return Err(AgentError::Refused(e.to_string())),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -614,12 +627,13 @@ impl Agent {
             self.set_error(&e);
             if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) {
                 // Not re-enrolled behind the operator's back: a node an
-                // admin removed must stay out. The mesh runs on from the
-                // last map; restarting with --setup-key enrols again.
-                eprintln!(
-                    "wgmesh: the server does not accept this node's credential (removed?); \
-                     restart with --setup-key to enrol again"
-                );
+                // admin removed must stay out. A 401 for a credential the
+                // server issued is permanent (it is only ever answered for
+                // an unknown or expired one), so the agent stops rather
+                // than loop on it (docs/agent.md, "Exit codes").
+                break Stop::Refused(format!(
+                    "the server does not accept this node's credential (removed?): {e}"
+                ));
             }
             let wait = backoff.next_delay();
             eprintln!(
@@ -633,7 +647,9 @@ impl Agent {
         };
         match &stop {
             Stop::Signal(sig) => eprintln!("wgmesh: {sig}, taking {} down", self.cfg.interface),
-            Stop::Fatal(why) => eprintln!("wgmesh: {why}; taking {} down", self.cfg.interface),
+            Stop::Fatal(why) | Stop::Refused(why) => {
+                eprintln!("wgmesh: {why}; taking {} down", self.cfg.interface)
+            }
         }
         for task in [status_task, reporter] {
             task.abort();
@@ -686,6 +702,15 @@ impl Agent {
             self.install(iface, forwarding, new, false);
         }
     }
+}
+
+/// Whether `e` is the server refusing this node (401 unknown or expired
+/// credential, 403 setup key refused), not a failure to reach it.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(
+        e.status(),
+        Some(reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN)
+    )
 }
 
 /// Reports this node's endpoints at start, every [`ENDPOINT_REPORT`], and

@@ -232,7 +232,33 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wgmesh: {e:#}");
-            ExitCode::FAILURE
+            Exit::of(&e).into()
         }
+    }
+}
+
+/// The exit codes, documented in docs/agent.md ("Exit codes"). 2 is
+/// clap's, for a usage error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Any other error.
+    Error = 1,
+    /// The server refused this node: removed, expired, or no usable
+    /// setup key. A unit's `RestartPreventExitStatus=` lists it.
+    Refused = 3,
+}
+
+impl Exit {
+    fn of(e: &anyhow::Error) -> Self {
+        match e.downcast_ref::<wgmesh_agent::AgentError>() {
+            Some(wgmesh_agent::AgentError::Refused(_)) => Self::Refused,
+            _ => Self::Error,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
     }
 }

@@ -496,6 +496,59 @@ fn seed_mesh(mut lab: Lab, database: String) {
     }
     assert!(!ping_once(&lab, "lab", addrs[0]), "lab stays cut off");
 
+    // The removed node's agent does not loop on 401: it takes its
+    // interface down and exits 3 ("refused", docs/agent.md), forgetting the
+    // dead credential but keeping its key.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        let p = lab
+            .processes()
+            .iter_mut()
+            .find(|p| p.label() == labels[2])
+            .expect("the lab agent was spawned");
+        if let Some(st) = p.exited() {
+            break st.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removed agent still runs 10 s after the removal\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        code,
+        Some(3),
+        "exit code of the removed agent\n{}",
+        lab.logs()
+    );
+    assert!(
+        lab.exec("lab", &["ip", "link", "show", "dev", &ifaces[2]])
+            .is_err(),
+        "the removed agent left {} up",
+        ifaces[2]
+    );
+    let lab_state = state_dir(&lab, "lab");
+    assert!(
+        !lab_state.join("credential").exists(),
+        "dead credential kept"
+    );
+    assert!(lab_state.join("private.key").exists(), "key lost");
+    // A restart with a setup key enrols anew and joins the mesh again.
+    labels[2] = "agent-lab-again".into();
+    start_agent(
+        &mut lab,
+        &ctl,
+        "lab",
+        &labels[2],
+        &ifaces[2],
+        Some(&keys[1]),
+    );
+    let st = wait_status(&lab, "lab", "enrolled again", connected_with(2));
+    addrs[2] = overlay_address(&st);
+    lab.ping_until("lab", addrs[0], MESH_UP)
+        .unwrap_or_else(|e| panic!("re-enrolled lab → nyc: {e}\n{}", lab.logs()));
+
     // SIGTERM takes each interface down.
     for (i, host) in HOSTS.iter().enumerate() {
         lab.stop(&labels[i]);
